@@ -1,0 +1,28 @@
+# Two entry points, both idempotent on a fresh machine:
+#   make run   -> set up .venv and run the default Adult comparison (10 seeds)
+#   make test  -> set up .venv and run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OUT ?= runs/adult
+
+.PHONY: setup run test bench clean
+
+$(BIN)/fairtune: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(BIN)/fairtune
+
+setup: $(BIN)/fairtune
+
+run: setup
+	$(BIN)/fairtune run --dataset adult --methods tl,svd,win --seeds 10 --out $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) runs

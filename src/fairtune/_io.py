@@ -1,0 +1,65 @@
+"""Atomic file output: a file is either absent, or complete.
+
+Each writer writes to a temporary file in the destination folder and renames it over the
+target (``os.replace`` is atomic on POSIX), so an interrupted run never leaves a
+half-written CSV/JSON behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import FairtuneError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it onto ``path`` if the block succeeds."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise FairtuneError(f"cannot write to {target.parent}: {exc.strerror}") from exc
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` if needed and check that files can be written into it."""
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise FairtuneError(f"output directory {directory} is not writable: {exc.strerror}") from exc
+    return directory
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_text(text: str, path: str | os.PathLike[str]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

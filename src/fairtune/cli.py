@@ -1,0 +1,171 @@
+"""The ``fairtune`` command line. Thin: parse flags into settings, call experiments, write files.
+
+Errors a user can fix (:class:`~fairtune.errors.FairtuneError`, invalid settings) are printed
+as one line on stderr with a non-zero exit code, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+
+from . import __version__
+from .errors import ConfigError, FairtuneError
+
+app = typer.Typer(
+    name="fairtune",
+    help="Fair and efficient fine-tuning of pre-trained models: weight importance neutralization (WIN, "
+    "Zhang & Zhou 2024) against TL and f+SVD, with fairness metrics (ΔDP, ΔEO, Err) over seeds.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_line(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "settings"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"invalid setting {where}: {first['msg']}{more}"
+
+
+def user_errors(command: F) -> F:
+    """Turn FairtuneError and invalid settings into ``fairtune: error: ...`` and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ValidationError as exc:
+            typer.echo(f"fairtune: error: {_one_line(exc)}", err=True)
+            raise typer.Exit(ConfigError.exit_code) from None
+        except FairtuneError as exc:
+            typer.echo(f"fairtune: error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("fairtune: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--{name} must be a comma-separated list of numbers, got {text!r}") from None
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--{name} must be a comma-separated list of integers, got {text!r}") from None
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _split(text: str | None) -> dict[str, float | int] | None:
+    if text is None:
+        return None
+    values = [float(v) if "." in v else int(v) for v in text.split(",")] if text else []
+    if len(values) != 3:
+        raise ConfigError(f"--split needs three sizes TRAIN,VAL,TEST (counts or fractions), got {text!r}")
+    return dict(zip(("train", "val", "test"), values))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fairtune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what is being done (to stderr).")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+@user_errors
+def run(
+    dataset: Annotated[str, typer.Option(help="Data set: 'adult' (bundled, the default), 'csv' (your file, see --csv), or an image data set.")] = "adult",
+    methods: Annotated[str, typer.Option(help="Comma-separated methods: tl (transfer learning), svd (f+SVD), win (weight importance neutralization).")] = "tl,svd,win",
+    seeds: Annotated[int, typer.Option(min=1, help="Number of seeds (0..N-1); each seed re-splits the data, pre-trains (cached) and fine-tunes.")] = 10,
+    out: Annotated[Path, typer.Option(help="Output folder for results.csv, summary.csv, selections.json, config.json.")] = Path("runs/latest"),
+    save_predictions: Annotated[bool, typer.Option("--save-predictions", help="Also write predictions.csv (method, seed, y_true, y_pred, sensitive) for the test split.")] = False,
+    csv: Annotated[Path | None, typer.Option(help="CSV file for --dataset csv (one row per sample; '?' or empty = missing).")] = None,
+    target: Annotated[str | None, typer.Option(help="Label column for --dataset csv.")] = None,
+    sensitive: Annotated[str | None, typer.Option(help="Sensitive-attribute column for --dataset csv (2 or more groups).")] = None,
+    positive: Annotated[str | None, typer.Option(help="Label value counted as positive (needed unless the label is 0/1 or true/false).")] = None,
+    keep_sensitive: Annotated[bool, typer.Option("--keep-sensitive", help="Keep the sensitive column among the model's input features.")] = False,
+    drop_missing: Annotated[bool, typer.Option("--drop-missing", help="Drop rows with missing values instead of stopping with an error.")] = False,
+    split: Annotated[str | None, typer.Option(help="New-task sizes TRAIN,VAL,TEST as counts (12287,5000,10315) or fractions (0.27,0.11,0.23); the rest pre-trains. Default: Adult's Table 1 sizes / proportions.")] = None,
+    split_seed: Annotated[int | None, typer.Option(help="Fix the data split and pre-trained model to this seed; seeds then vary only fine-tuning.")] = None,
+    layer: Annotated[str | None, typer.Option(help="Name of the nn.Linear to fine-tune (default: the last, 'output' for the MLP).")] = None,
+    ranks: Annotated[str, typer.Option(help="Ranks r searched for svd/win (r <= min(d, k); k = 2 for a binary head).")] = "1,2",
+    lrs: Annotated[str, typer.Option(help="Learning rates searched (Adam).")] = "0.001,0.01",
+    epochs: Annotated[str, typer.Option(help="Fine-tuning epochs searched (checkpoints of one run).")] = "5,20",
+    operators: Annotated[str, typer.Option(help="Neutralization operators searched for win: mean, geometric, min, harmonic, pooled (= no neutralization).")] = "mean,geometric,min,harmonic,pooled",
+    fisher: Annotated[str, typer.Option(help="Fisher information: 'empirical' (data labels) or 'true' (expected over the model's labels).")] = "empirical",
+    selection: Annotated[str, typer.Option(help="Validation metric minimized to choose settings: err, delta_eo, delta_dp, err+delta_eo.")] = "err",
+    hidden: Annotated[str, typer.Option(help="Hidden widths of the pre-trained MLP.")] = "64,32",
+    pretrain_epochs: Annotated[int, typer.Option(min=1, help="Epochs of MLP pre-training on the source split.")] = 20,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache of pre-trained models (default $FAIRTUNE_CACHE or ~/.cache/fairtune).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Compare fine-tuning methods on one data set over seeds; print mean ± std and write CSV/JSON files."""
+    from ._io import ensure_writable_dir, write_csv, write_json, write_text
+    from .experiments import RunConfig, run as run_experiment, run_metadata, summarize
+    from .report import summary_table, to_markdown
+
+    config = RunConfig.model_validate({
+        "data": {
+            "dataset": dataset, "csv": str(csv) if csv else None, "target": target, "sensitive": sensitive,
+            "positive": positive, "keep_sensitive": keep_sensitive, "drop_missing": drop_missing,
+            "split": _split(split), "split_seed": split_seed,
+        },
+        "pretrain": {"hidden": _ints(hidden, "hidden"), "epochs": pretrain_epochs},
+        "finetune": {
+            "ranks": _ints(ranks, "ranks"), "lrs": _floats(lrs, "lrs"), "epochs": _ints(epochs, "epochs"),
+            "operators": _words(operators), "fisher": fisher, "selection": selection,
+        },
+        "methods": _words(methods), "seeds": tuple(range(seeds)), "target_layer": layer,
+        "cache_dir": str(cache_dir) if cache_dir else None,
+    })
+    out_dir = ensure_writable_dir(out)
+    started = time.perf_counter()
+    result = run_experiment(config, keep_predictions=save_predictions, progress=not quiet)
+    summary = summarize(result.results)
+    table = summary_table(summary)
+    write_csv(result.results, out_dir / "results.csv")
+    write_csv(summary, out_dir / "summary.csv")
+    write_json(result.selections, out_dir / "selections.json")
+    write_text(to_markdown(table), out_dir / "summary.md")
+    if result.predictions is not None:
+        write_csv(result.predictions, out_dir / "predictions.csv")
+    write_json({**run_metadata(config), "command": sys.argv, "wall_seconds": round(time.perf_counter() - started, 2)}, out_dir / "config.json")
+    typer.echo(table.to_string(index=False))
+    typer.echo(f"\nwrote {out_dir}/results.csv, summary.csv, summary.md, selections.json, config.json"
+               + (", predictions.csv" if result.predictions is not None else ""))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

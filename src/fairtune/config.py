@@ -1,0 +1,106 @@
+"""Validated settings. The CLI maps its flags straight onto these models.
+
+Every model forbids unknown keys, so a typo in a config file is named instead of ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Operator = Literal["mean", "geometric", "min", "harmonic", "pooled"]
+FisherKind = Literal["empirical", "true"]
+SelectionMetric = Literal["err", "delta_eo", "delta_dp", "err+delta_eo"]
+
+#: Table 1's new-task sizes for Adult (train / val / test); the rest pre-trains the model.
+ADULT_SIZES: tuple[int, int, int] = (12287, 5000, 10315)
+#: The same proportions of 45,222 complete Adult rows, used for user CSVs by default.
+DEFAULT_FRACTIONS: tuple[float, float, float] = (12287 / 45222, 5000 / 45222, 10315 / 45222)
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(_Settings):
+    """New-task split sizes, as counts (int) or fractions of all rows (float).
+
+    The pre-training (source) split is the disjoint rest. Adult's default follows Table 1
+    (12287 / 5000 / 10315 of 45,222 complete rows, leaving 17,620 for pre-training).
+    """
+
+    train: int | float = Field(DEFAULT_FRACTIONS[0], description="new-task training rows (count or fraction)")
+    val: int | float = Field(DEFAULT_FRACTIONS[1], description="validation rows (count or fraction)")
+    test: int | float = Field(DEFAULT_FRACTIONS[2], description="test rows (count or fraction)")
+
+    @field_validator("train", "val", "test")
+    @classmethod
+    def _positive(cls, value: int | float) -> int | float:
+        if value <= 0:
+            raise ValueError("split sizes must be positive")
+        return value
+
+    def counts(self, n_rows: int) -> tuple[int, int, int, int]:
+        """Return (source, train, val, test) row counts for ``n_rows`` rows."""
+        sizes = [int(round(v * n_rows)) if isinstance(v, float) else v for v in (self.train, self.val, self.test)]
+        source = n_rows - sum(sizes)
+        if source < 1:
+            raise ValueError(f"split sizes {sizes} leave no rows for pre-training out of {n_rows}")
+        return (source, *sizes)
+
+
+class DataConfig(_Settings):
+    """Which data set and how to split it."""
+
+    dataset: str = Field("adult", description="adult, csv, or an image data set name")
+    csv: str | None = Field(None, description="path of a CSV file (dataset=csv)")
+    target: str | None = Field(None, description="label column (dataset=csv)")
+    sensitive: str | None = Field(None, description="sensitive-attribute column (dataset=csv)")
+    positive: str | None = Field(None, description="label value that counts as positive (1)")
+    keep_sensitive: bool = Field(False, description="keep the sensitive column among the features")
+    drop_missing: bool = Field(False, description="drop rows with missing values instead of failing")
+    split: SplitConfig | None = Field(None, description="split sizes; None = the data set's default")
+    split_seed: int | None = Field(None, description="fixed seed for split and pre-training; None = use each run seed")
+
+    @model_validator(mode="after")
+    def _csv_needs_columns(self) -> DataConfig:
+        if self.dataset == "csv" and not (self.csv and self.target and self.sensitive):
+            raise ValueError("dataset=csv needs csv, target and sensitive")
+        return self
+
+
+class PretrainConfig(_Settings):
+    """The pre-trained MLP (paper: a 2-layer ReLU MLP) and how it is trained on the source split."""
+
+    hidden: tuple[int, ...] = Field((64, 32), description="hidden layer widths")
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(256, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class FinetuneGrid(_Settings):
+    """Hyperparameters searched on the validation split (only), per method and seed."""
+
+    ranks: tuple[int, ...] = Field((1, 2), description="ranks r for svd/win")
+    lrs: tuple[float, ...] = Field((1e-3, 1e-2), description="learning rates")
+    epochs: tuple[int, ...] = Field((5, 20), description="fine-tuning epochs T")
+    operators: tuple[Operator, ...] = Field(("mean", "geometric", "min", "harmonic", "pooled"))
+    fisher: FisherKind = Field("empirical", description="empirical (data labels) or true (model labels) Fisher")
+    batch_size: int = Field(256, ge=1)
+    selection: SelectionMetric = Field("err", description="validation metric minimized to choose settings")
+
+    @field_validator("ranks")
+    @classmethod
+    def _ranks_positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or min(value) < 1:
+            raise ValueError("ranks must be >= 1")
+        return value
+
+    @field_validator("lrs", "epochs", "operators")
+    @classmethod
+    def _non_empty(cls, value: tuple) -> tuple:
+        if not value:
+            raise ValueError("the grid needs at least one value")
+        return value

@@ -1,0 +1,44 @@
+"""The errors fairtune raises for problems a user can fix.
+
+Every error a user can act on is a :class:`FairtuneError`; the CLI prints its message as
+one line and exits with a non-zero code, without a traceback. Messages are module-level
+templates so that tests can assert the exact text.
+"""
+
+from __future__ import annotations
+
+
+class FairtuneError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+    exit_code: int = 2
+
+
+class DataError(FairtuneError):
+    """The data cannot be used as given (missing file or column, NaN, bad labels)."""
+
+
+class ModelError(FairtuneError):
+    """The model cannot be used as given (no such linear layer, bad checkpoint)."""
+
+
+class ConfigError(FairtuneError):
+    """A setting is out of range or of the wrong type."""
+
+
+class UndefinedMetricError(FairtuneError):
+    """A fairness metric is undefined on the given data (e.g. a group with no positives)."""
+
+
+SINGLE_GROUP = "sensitive attribute {name!r} has a single group ({group!r}); at least 2 are needed"
+NAN_FEATURES = "features contain {count} missing/NaN value(s) (columns: {columns})"
+NON_BINARY_LABELS = (
+    "label {name!r} is not binary: found {count} distinct values ({values}); "
+    "pass the positive value (--positive VALUE) to binarize it"
+)
+MISSING_FILE = "file not found: {path}"
+MISSING_COLUMN = "column {column!r} not found in {source}; available: {available}"
+NO_LINEAR_LAYER = "model has no nn.Linear layer named {name!r}; linear layers: {available}"
+NOT_LINEAR = "module {name!r} is a {kind}, not an nn.Linear; fairtune only factorizes nn.Linear"
+RANK_TOO_LARGE = "rank {rank} is larger than allowed for a {rows}x{cols} layer (max {max_rank})"
+RANK_TOO_SMALL = "rank must be >= 1, got {rank}"

@@ -1,0 +1,5 @@
+"""Experiments: the methods x seeds comparison with validation-based selection."""
+
+from .run import RunConfig, RunResult, compare_on_features, run, run_metadata, split_features, summarize
+
+__all__ = ["RunConfig", "RunResult", "run", "compare_on_features", "split_features", "summarize", "run_metadata"]

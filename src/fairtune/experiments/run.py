@@ -1,0 +1,171 @@
+"""Run methods x seeds on a task: pre-train (cached), cache features, select on val, score on test."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import __version__
+from .._validation import check_groups_present
+from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
+from ..data import load_task
+from ..data._types import Split, Task
+from ..factorization import count_parameters, find_linear
+from ..methods import FittedHead, get_method
+from ..metrics import evaluate
+from ..models import extract_features, pretrained_mlp
+from ..training import TrainingData, predict
+
+logger = logging.getLogger(__name__)
+
+#: Lower is better for every selection metric.
+SELECTION_SCORES: dict[str, Callable[[dict[str, float]], float]] = {
+    "err": lambda m: m["err"],
+    "delta_eo": lambda m: m["delta_eo"],
+    "delta_dp": lambda m: m["delta_dp"],
+    "err+delta_eo": lambda m: m["err"] / 100 + m["delta_eo"],
+}
+
+
+class RunConfig(_Settings):
+    """Everything one ``fairtune run`` needs; written to ``config.json`` to rerun it."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneGrid = Field(default_factory=FinetuneGrid)
+    methods: tuple[str, ...] = ("tl", "svd", "win")
+    seeds: tuple[int, ...] = tuple(range(10))
+    target_layer: str | None = Field(None, description="name of the nn.Linear to fine-tune; None = the last")
+    cache_dir: str | None = None
+
+
+@dataclass
+class RunResult:
+    """Per (method, seed): test metrics; the settings chosen on validation; optional predictions."""
+
+    results: pd.DataFrame
+    selections: list[dict[str, Any]] = field(default_factory=list)
+    predictions: pd.DataFrame | None = None
+
+
+def split_features(model: nn.Module, layer: nn.Linear, task_splits: dict[str, Split], progress: bool = False) -> dict[str, TrainingData]:
+    """The target layer's inputs for each split, computed once."""
+    return {
+        name: TrainingData.from_arrays(extract_features(model, layer, split.inputs, progress=progress, description=f"features ({name})"), split.y, split.s)
+        for name, split in task_splits.items()
+    }
+
+
+def _metrics(y_pred: np.ndarray, data: TrainingData) -> dict[str, float]:
+    return evaluate(data.y.numpy(), y_pred, data.s.numpy())
+
+
+def compare_on_features(
+    layer: nn.Linear,
+    features: dict[str, TrainingData],
+    methods: Sequence[str],
+    grid: FinetuneGrid,
+    *,
+    seed: int,
+    keep_predictions: bool = False,
+    progress: Callable[[], None] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[pd.DataFrame]]:
+    """Fine-tune each method from ``layer`` on ``features['train']``; pick settings on 'val'; score on 'test'.
+
+    Each candidate setting is trained once for the largest number of epochs in the grid and
+    scored on validation after each epoch count of the grid (the epochs are checkpoints).
+    Returns result rows, selection records and (optionally) test predictions. The
+    pre-trained layer itself is scored as method ``pretrained``.
+    """
+    train, val, test = features["train"], features["val"], features["test"]
+    for name, data in features.items():
+        check_groups_present(data.s.numpy(), int(train.s.max()) + 1, where=name)
+    score = SELECTION_SCORES[grid.selection]
+    rows, selections, predictions = [], [], []
+
+    def record(method: str, y_pred: np.ndarray, trainable: int, fit_seconds: float) -> None:
+        rows.append({"method": method, "seed": seed, **_metrics(y_pred, test), "trainable_params": trainable, "fit_seconds": round(fit_seconds, 4)})
+        if keep_predictions:
+            predictions.append(pd.DataFrame({"method": method, "seed": seed, "y_true": test.y.numpy(), "y_pred": y_pred, "sensitive": test.s.numpy()}))
+
+    record("pretrained", predict(layer, test.x), count_parameters(layer, trainable_only=False), 0.0)
+    for method_name in methods:
+        method = get_method(method_name)
+        start = time.perf_counter()
+        context = method.prepare(layer, train, grid)
+        best: dict[str, Any] = {}
+        checkpoints = set(grid.epochs)
+
+        def keep_if_best(epoch: int, fitted: FittedHead, params: dict[str, Any]) -> None:
+            if epoch not in checkpoints:
+                return
+            val_metrics = _metrics(fitted.predict(val.x), val)
+            if not best or score(val_metrics) < best["score"]:
+                best.update(score=score(val_metrics), params={**params, "epochs": epoch}, val=val_metrics,
+                            y_pred=fitted.predict(test.x), trainable=fitted.trainable_params)
+
+        for params in method.candidates(layer, grid):
+            method.fit(layer, train, context, params, epochs=max(checkpoints), batch_size=grid.batch_size, seed=seed,
+                       on_epoch=lambda epoch, fitted, params=params: keep_if_best(epoch, fitted, params))
+        record(method_name, best["y_pred"], best["trainable"], time.perf_counter() - start)
+        selections.append({"method": method_name, "seed": seed, "params": best["params"], "val": best["val"], "selection": grid.selection})
+        if progress:
+            progress()
+    return rows, selections, predictions
+
+
+def run(config: RunConfig, *, keep_predictions: bool = False, progress: bool = True) -> RunResult:
+    """Run the comparison of ``config.methods`` over ``config.seeds`` on ``config.data``.
+
+    Per seed: split the data (seeded unless ``data.split_seed`` fixes it), pre-train the MLP on
+    the source split (cached), compute the target layer's features once per split, then
+    :func:`compare_on_features`.
+    """
+    rows, selections, predictions = [], [], []
+    bar = tqdm(total=len(config.seeds) * len(config.methods), desc="fine-tuning", unit="fit", disable=not progress)
+    task_cache: dict[int, tuple[Task, dict[str, TrainingData], nn.Linear]] = {}
+    for seed in config.seeds:
+        data_seed = config.data.split_seed if config.data.split_seed is not None else seed
+        if data_seed not in task_cache:
+            bar.set_postfix_str(f"seed {seed}: data + pre-training")
+            task = load_task(config.data, seed=data_seed)
+            model = pretrained_mlp(task, config.pretrain, seed=data_seed, cache_dir=config.cache_dir)
+            _, layer = find_linear(model, config.target_layer)
+            task_cache[data_seed] = (task, split_features(model, layer, {k: v for k, v in task.splits().items() if k != "source"}), layer)
+        task, features, layer = task_cache[data_seed]
+        bar.set_postfix_str(f"seed {seed}")
+        torch.manual_seed(seed)
+        r, s, p = compare_on_features(layer, features, config.methods, config.finetune, seed=seed, keep_predictions=keep_predictions, progress=lambda: bar.update(1))
+        rows += r
+        selections += s
+        predictions += p
+    bar.close()
+    return RunResult(
+        results=pd.DataFrame(rows),
+        selections=selections,
+        predictions=pd.concat(predictions, ignore_index=True) if predictions else None,
+    )
+
+
+def summarize(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of each metric, one row per method (in run order)."""
+    metrics = ["err", "delta_dp", "delta_eo", "trainable_params"]
+    order = list(dict.fromkeys(results["method"]))
+    grouped = results.groupby("method", sort=False)[metrics]
+    summary = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std")).join(grouped.size().rename("seeds"))
+    summary = summary.loc[order].reset_index()
+    return summary[["method", "seeds"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]]
+
+
+def run_metadata(config: RunConfig) -> dict[str, Any]:
+    return {"fairtune_version": __version__, "torch_version": torch.__version__, "config": config.model_dump(mode="json")}

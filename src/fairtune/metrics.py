@@ -1,0 +1,86 @@
+"""Fairness and accuracy metrics as the paper defines them (numpy in, floats out).
+
+- ΔDP = |P(Ŷ=1 | S=1) − P(Ŷ=1 | S=2)|                         demographic parity distance
+- ΔEO = ΔTPR + ΔFPR                                           equalized odds, a *sum*
+  (fairlearn's ``equalized_odds_difference`` takes the max of the two by default)
+- Err = 100 − weighted-average F1, in percent
+
+For more than two groups each gap is the largest over all pairs of groups; for ΔEO that is
+max over pairs (g, h) of |TPR_g − TPR_h| + |FPR_g − FPR_h|.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+from .errors import UndefinedMetricError
+
+
+def _as_arrays(*arrays: np.ndarray) -> list[np.ndarray]:
+    out = [np.asarray(a).ravel() for a in arrays]
+    if len({len(a) for a in out}) != 1:
+        raise ValueError(f"arrays have different lengths: {[len(a) for a in out]}")
+    return out
+
+
+def _group_rates(y_pred: np.ndarray, s: np.ndarray, mask: np.ndarray, rate: str) -> dict[object, float]:
+    """P(Ŷ=1 | S=g, mask) for each group g; ``rate`` names it in errors."""
+    groups = np.unique(s)
+    if len(groups) < 2:
+        raise UndefinedMetricError(f"{rate} needs at least 2 sensitive groups, got {len(groups)}")
+    rates = {}
+    for group in groups:
+        members = (s == group) & mask
+        if not members.any():
+            raise UndefinedMetricError(f"{rate} is undefined: group {group!r} has no sample to compute it on")
+        rates[group] = float(np.mean(y_pred[members] == 1))
+    return rates
+
+
+def selection_rates(y_pred: np.ndarray, s: np.ndarray) -> dict[object, float]:
+    """P(Ŷ=1 | S=g) for each group g."""
+    y_pred, s = _as_arrays(y_pred, s)
+    return _group_rates(y_pred, s, np.ones(len(s), bool), "the selection rate P(Ŷ=1|S)")
+
+
+def true_positive_rates(y_true: np.ndarray, y_pred: np.ndarray, s: np.ndarray) -> dict[object, float]:
+    """P(Ŷ=1 | S=g, Y=1) for each group g."""
+    y_true, y_pred, s = _as_arrays(y_true, y_pred, s)
+    return _group_rates(y_pred, s, y_true == 1, "the true positive rate P(Ŷ=1|S,Y=1)")
+
+
+def false_positive_rates(y_true: np.ndarray, y_pred: np.ndarray, s: np.ndarray) -> dict[object, float]:
+    """P(Ŷ=1 | S=g, Y=0) for each group g."""
+    y_true, y_pred, s = _as_arrays(y_true, y_pred, s)
+    return _group_rates(y_pred, s, y_true == 0, "the false positive rate P(Ŷ=1|S,Y=0)")
+
+
+def _max_gap(rates: dict[object, float]) -> float:
+    values = list(rates.values())
+    return float(max(values) - min(values))
+
+
+def delta_dp(y_pred: np.ndarray, s: np.ndarray) -> float:
+    """ΔDP = max over group pairs of |P(Ŷ=1|S=g) − P(Ŷ=1|S=h)|."""
+    return _max_gap(selection_rates(y_pred, s))
+
+
+def delta_eo(y_true: np.ndarray, y_pred: np.ndarray, s: np.ndarray) -> float:
+    """ΔEO = max over group pairs of |ΔTPR| + |ΔFPR| (the paper's sum)."""
+    tpr = true_positive_rates(y_true, y_pred, s)
+    fpr = false_positive_rates(y_true, y_pred, s)
+    return float(max(abs(tpr[g] - tpr[h]) + abs(fpr[g] - fpr[h]) for g, h in combinations(tpr, 2)))
+
+
+def err(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Err = 100 − 100 · weighted-average F1 (percent)."""
+    y_true, y_pred = _as_arrays(y_true, y_pred)
+    return float(100.0 * (1.0 - f1_score(y_true, y_pred, average="weighted", zero_division=0)))
+
+
+def evaluate(y_true: np.ndarray, y_pred: np.ndarray, s: np.ndarray) -> dict[str, float]:
+    """All three metrics: ``{"err", "delta_dp", "delta_eo"}``."""
+    return {"err": err(y_true, y_pred), "delta_dp": delta_dp(y_pred, s), "delta_eo": delta_eo(y_true, y_pred, s)}

@@ -1,0 +1,91 @@
+"""The one training loop: mini-batch Adam on cross-entropy, optionally plus a penalty.
+
+Used for pre-training (whole model on inputs) and for fine-tuning (a head on cached
+backbone features). Seeded: the same seed gives the same batches and the same result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+#: ``penalty(logits, y, s, module) -> scalar`` is added to the cross-entropy of each batch.
+Penalty = Callable[[Tensor, Tensor, Tensor, nn.Module], Tensor]
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """In-memory tensors for training: inputs ``(n, d)``, labels and groups ``(n,)`` int64."""
+
+    x: Tensor
+    y: Tensor
+    s: Tensor
+
+    @classmethod
+    def from_arrays(cls, x: Tensor, y: np.ndarray, s: np.ndarray) -> TrainingData:
+        return cls(x.float(), torch.tensor(np.asarray(y), dtype=torch.long), torch.tensor(np.asarray(s), dtype=torch.long))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def train_classifier(
+    module: nn.Module,
+    data: TrainingData,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int = 256,
+    seed: int = 0,
+    weight_decay: float = 0.0,
+    penalty: Penalty | None = None,
+    progress: bool = False,
+    description: str = "training",
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+) -> nn.Module:
+    """Train the parameters of ``module`` that require grad, in place; return ``module``.
+
+    Each epoch visits the data once in a seeded random order; the loss of a batch is
+    cross-entropy(module(x), y) + penalty(logits, y, s, module). ``on_epoch(epoch, module)``
+    is called (in eval mode) after each epoch, counting from 1.
+    """
+    parameters = [p for p in module.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError("the module has no trainable parameter")
+    optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in tqdm(range(1, epochs + 1), desc=description, disable=not progress, leave=False):
+        module.train()
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(data), batch_size):
+            idx = order[start:start + batch_size]
+            logits = module(data.x[idx])
+            loss = F.cross_entropy(logits, data.y[idx])
+            if penalty is not None:
+                loss = loss + penalty(logits, data.y[idx], data.s[idx], module)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        module.eval()
+        if on_epoch is not None:
+            on_epoch(epoch, module)
+    return module
+
+
+@torch.no_grad()
+def predict_proba(module: nn.Module, x: Tensor, batch_size: int = 8192) -> np.ndarray:
+    """P(Y=1 | x) from a two-class head, ``(n,)``."""
+    module.eval()
+    chunks = [module(x[i:i + batch_size].float()).softmax(dim=1)[:, 1] for i in range(0, len(x), batch_size)]
+    return torch.cat(chunks).numpy()
+
+
+def predict(module: nn.Module, x: Tensor) -> np.ndarray:
+    """Predicted labels Ŷ = argmax of the two logits, int64 ``(n,)``."""
+    return (predict_proba(module, x) > 0.5).astype(np.int64)
