@@ -1,0 +1,48 @@
+"""Shared fixtures: small generated tabular data (as a DataFrame or a CSV file) and the Adult task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+def make_frame(n_rows: int = 1500, *, seed: int = 0, groups: tuple[str, ...] = ("a", "b")) -> pd.DataFrame:
+    """A binary-classification table with a sensitive column that shifts the label.
+
+    Columns: ``x1, x2, x3`` (numeric), ``color`` (categorical), ``group`` (sensitive, ``groups``),
+    ``label`` (``yes``/``no``).
+    """
+    rng = np.random.default_rng(seed)
+    group = rng.choice(list(groups), size=n_rows)
+    shift = pd.Series(group).map({g: 0.5 * i for i, g in enumerate(groups)}).to_numpy()
+    x = rng.normal(size=(n_rows, 3))
+    color = rng.choice(["red", "green", "blue"], size=n_rows)
+    score = x[:, 0] - 0.5 * x[:, 1] + shift + 0.3 * (color == "red") + 0.5 * rng.normal(size=n_rows)
+    return pd.DataFrame({
+        "x1": x[:, 0], "x2": x[:, 1], "x3": x[:, 2], "color": color, "group": group,
+        "label": np.where(score > 0.25, "yes", "no"),
+    })
+
+
+@pytest.fixture
+def write_csv(tmp_path: Path) -> Callable[..., Path]:
+    """``write_csv(frame=None, name="data.csv", **make_frame_kwargs)`` -> path of the written CSV."""
+
+    def write(frame: pd.DataFrame | None = None, name: str = "data.csv", **kwargs: object) -> Path:
+        path = tmp_path / name
+        (make_frame(**kwargs) if frame is None else frame).to_csv(path, index=False)
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def adult_task():
+    """The bundled Adult task with the default split, seed 0 (loaded once per session)."""
+    from fairtune.data import adult_task as load
+
+    return load(seed=0)
