@@ -62,6 +62,33 @@ def squared_residuals(logits: Tensor, labels: Tensor | None, kind: Literal["empi
     return (probs - F.one_hot(labels, probs.shape[1]).to(probs.dtype)) ** 2
 
 
+class _GroupSums:
+    """Running per-group sums of squared per-sample gradients of a linear layer."""
+
+    def __init__(self, n_groups: int, k: int, d: int) -> None:
+        self.n_groups, self.k, self.d = n_groups, k, d
+        self.weight = torch.zeros(n_groups * k, d, dtype=torch.float64)
+        self.bias = torch.zeros(n_groups * k, dtype=torch.float64)
+        self.counts = torch.zeros(n_groups, dtype=torch.float64)
+
+    def add(self, x: Tensor, delta2: Tensor, groups: Tensor) -> None:
+        """Add a batch: layer inputs ``x`` ``(n, d)``, squared output gradients ``delta2`` ``(n, k)``."""
+        membership = F.one_hot(groups, self.n_groups).double()  # (n, G)
+        per_group = (membership[:, :, None] * delta2[:, None, :]).reshape(len(x), self.n_groups * self.k)
+        self.weight += per_group.T @ (x * x)
+        self.bias += per_group.sum(dim=0)
+        self.counts += membership.sum(dim=0)
+
+    def result(self) -> GroupFisher:
+        if (self.counts == 0).any():
+            raise ValueError(f"group code(s) {torch.nonzero(self.counts == 0).flatten().tolist()} have no samples")
+        return GroupFisher(
+            weight=self.weight.reshape(self.n_groups, self.k, self.d) / self.counts[:, None, None],
+            bias=self.bias.reshape(self.n_groups, self.k) / self.counts[:, None],
+            counts=self.counts,
+        )
+
+
 @torch.no_grad()
 def group_fisher(
     layer: nn.Linear,
@@ -72,29 +99,60 @@ def group_fisher(
 ) -> GroupFisher:
     """Stream ``(inputs, labels, groups)`` batches of the layer's inputs and return each group's Fisher.
 
-    ``inputs`` are what the layer receives (``(n, d)``), ``labels`` int64 class indices, ``groups``
-    int64 codes in ``0..n_groups-1``. Computed in float64 and returned in float64.
+    ``layer`` is the model's output layer; ``inputs`` are what it receives (``(n, d)``), ``labels``
+    int64 class indices, ``groups`` int64 codes in ``0..n_groups-1``. Float64 throughout.
     """
     k, d = layer.weight.shape
-    weight = torch.zeros(n_groups * k, d, dtype=torch.float64)
-    bias = torch.zeros(n_groups * k, dtype=torch.float64)
-    counts = torch.zeros(n_groups, dtype=torch.float64)
+    sums = _GroupSums(n_groups, k, d)
     w, b = layer.weight.double(), None if layer.bias is None else layer.bias.double()
     for inputs, labels, groups in batches:
         x = inputs.double()
-        residual2 = squared_residuals(F.linear(x, w, b), labels, kind)  # (n, k)
-        membership = F.one_hot(groups, n_groups).double()  # (n, G)
-        per_group = (membership[:, :, None] * residual2[:, None, :]).reshape(len(x), n_groups * k)  # (n, G*k)
-        weight += per_group.T @ (x * x)
-        bias += per_group.sum(dim=0)
-        counts += membership.sum(dim=0)
-    if (counts == 0).any():
-        raise ValueError(f"group code(s) {torch.nonzero(counts == 0).flatten().tolist()} have no samples")
-    return GroupFisher(
-        weight=(weight.reshape(n_groups, k, d) / counts[:, None, None]),
-        bias=(bias.reshape(n_groups, k) / counts[:, None]),
-        counts=counts,
-    )
+        sums.add(x, squared_residuals(F.linear(x, w, b), labels, kind), groups)
+    return sums.result()
+
+
+def inner_layer_fisher(
+    head: nn.Module,
+    layer: nn.Linear,
+    batches: Iterable[tuple[Tensor, Tensor, Tensor]],
+    n_groups: int,
+    *,
+    kind: Literal["empirical", "true"] = "empirical",
+) -> GroupFisher:
+    """Per-group diagonal Fisher of ``layer`` anywhere inside ``head``, from batches of ``head``'s inputs.
+
+    With X the layer's inputs and Δ = ∂(Σ_n log p(y_n|x_n))/∂Z its per-sample output gradients
+    (one backward pass: samples do not interact in eval mode), the per-sample weight gradient is
+    δ_n x_nᵀ, so F_g = (1/n_g) (Δ_g⊙Δ_g)ᵀ(X_g⊙X_g), Eq. (1) for any depth. For the output layer
+    Δ = e_y − p and this equals :func:`group_fisher`. ``kind="true"`` sums Σ_c p_c Δ_c² over the
+    classes c (one backward pass per class).
+    """
+    k, d = layer.weight.shape
+    sums = _GroupSums(n_groups, k, d)
+    seen: dict[str, Tensor] = {}
+
+    def capture(_module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        seen["x"], seen["z"] = args[0], output
+
+    handle = layer.register_forward_hook(capture)
+    head.eval()
+    try:
+        for inputs, labels, groups in batches:
+            log_probs = head(inputs.to(layer.weight)).log_softmax(dim=1)
+            x, z = seen["x"].detach().double(), seen["z"]
+            if kind == "empirical":
+                (delta,) = torch.autograd.grad(log_probs.gather(1, labels[:, None]).sum(), z)
+                delta2 = delta.double() ** 2
+            else:
+                probs = log_probs.exp().detach().double()
+                delta2 = torch.zeros_like(z, dtype=torch.float64)
+                for c in range(log_probs.shape[1]):
+                    (delta,) = torch.autograd.grad(log_probs[:, c].sum(), z, retain_graph=True)
+                    delta2 += probs[:, c:c + 1] * delta.double() ** 2
+            sums.add(x, delta2, groups)
+    finally:
+        handle.remove()
+    return sums.result()
 
 
 def feature_batches(
