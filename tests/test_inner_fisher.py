@@ -26,7 +26,7 @@ def per_sample_fisher(head, layer, x, y, s, n_groups, kind):
         labels = [int(y[i])] if kind == "empirical" else range(len(log_probs))
         for label in labels:
             (grad,) = torch.autograd.grad(log_probs[label], layer.weight, retain_graph=True)
-            weight = 1.0 if kind == "empirical" else float(log_probs[label].exp())
+            weight = 1.0 if kind == "empirical" else float(log_probs[label].detach().exp())
             total[s[i]] += weight * grad**2
         counts[s[i]] += 1
     return total / counts[:, None, None]
