@@ -28,7 +28,7 @@ def _as_arrays(*arrays: np.ndarray) -> list[np.ndarray]:
 
 def _group_rates(y_pred: np.ndarray, s: np.ndarray, mask: np.ndarray, rate: str) -> dict[object, float]:
     """P(Ŷ=1 | S=g, mask) for each group g; ``rate`` names it in errors."""
-    groups = np.unique(s)
+    groups = np.unique(s).tolist()  # Python scalars: messages show 1, not np.int64(1)
     if len(groups) < 2:
         raise UndefinedMetricError(f"{rate} needs at least 2 sensitive groups, got {len(groups)}")
     rates = {}
