@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Operator = Literal["mean", "geometric", "min", "harmonic", "pooled"]
 FisherKind = Literal["empirical", "true"]
+SourceBalance = Literal["none", "base_rate", "size"]
 SelectionMetric = Literal["err", "delta_eo", "delta_dp", "err+delta_eo"]
+RetrainScope = Literal["all", "last"]
 
 #: Table 1's new-task sizes for Adult (train / val / test); the rest pre-trains the model.
 ADULT_SIZES: tuple[int, int, int] = (12287, 5000, 10315)
@@ -62,6 +64,10 @@ class DataConfig(_Settings):
     drop_missing: bool = Field(False, description="drop rows with missing values instead of failing")
     split: SplitConfig | None = Field(None, description="split sizes; None = the data set's default")
     split_seed: int | None = Field(None, description="fixed seed for split and pre-training; None = use each run seed")
+    source_balance: SourceBalance = Field(
+        "none", description="subsample the pre-training split so its groups differ from the new task's: "
+        "'base_rate' = equal positive rate in every group, 'size' = equal group sizes, 'none' = as drawn",
+    )
 
     @model_validator(mode="after")
     def _csv_needs_columns(self) -> DataConfig:
@@ -90,6 +96,9 @@ class FinetuneGrid(_Settings):
     fisher: FisherKind = Field("empirical", description="empirical (data labels) or true (model labels) Fisher")
     batch_size: int = Field(256, ge=1)
     selection: SelectionMetric = Field("err", description="validation metric minimized to choose settings")
+    retrain_scope: RetrainScope = Field(
+        "all", description="what retrain-eo/retrain-dp update: 'all' = every parameter of the pre-trained model, 'last' = the target layer"
+    )
 
     @field_validator("ranks")
     @classmethod

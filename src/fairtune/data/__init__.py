@@ -12,13 +12,14 @@ from .tabular import csv_task, read_csv, split_indices, tabular_task
 
 
 def _adult(config: DataConfig, seed: int) -> Task:
-    return adult_task(seed=seed, split=config.split, keep_sensitive=config.keep_sensitive)
+    return adult_task(seed=seed, split=config.split, keep_sensitive=config.keep_sensitive, source_balance=config.source_balance)
 
 
 def _csv(config: DataConfig, seed: int) -> Task:
     return csv_task(
         config.csv, target=config.target, sensitive=config.sensitive, positive=config.positive,
         split=config.split, seed=seed, keep_sensitive=config.keep_sensitive, drop_missing=config.drop_missing,
+        source_balance=config.source_balance,
     )
 
 

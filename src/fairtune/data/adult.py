@@ -39,7 +39,9 @@ def load_adult_frame() -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def adult_task(*, seed: int = 0, split: SplitConfig | None = None, keep_sensitive: bool = False) -> Task:
+def adult_task(
+    *, seed: int = 0, split: SplitConfig | None = None, keep_sensitive: bool = False, source_balance: str = "none"
+) -> Task:
     """Adult: label income > 50K, sensitive attribute ``sex`` (kept out of the features by default).
 
     Default split: Table 1's new-task sizes 12287 / 5000 / 10315; the other 17,620 rows
@@ -47,6 +49,6 @@ def adult_task(*, seed: int = 0, split: SplitConfig | None = None, keep_sensitiv
     """
     return tabular_task(
         load_adult_frame(), target="income", sensitive="sex", positive=">50K",
-        split=split or ADULT_SPLIT, seed=seed, keep_sensitive=keep_sensitive,
+        split=split or ADULT_SPLIT, seed=seed, keep_sensitive=keep_sensitive, source_balance=source_balance,
         name="adult", source="Adult",
     )

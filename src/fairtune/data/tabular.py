@@ -48,6 +48,36 @@ def split_indices(n_rows: int, split: SplitConfig, seed: int) -> dict[str, np.nd
     return dict(zip(("source", "train", "val", "test"), np.split(order, bounds)))
 
 
+def balance_source(rows: np.ndarray, y: np.ndarray, s: np.ndarray, how: str, seed: int) -> np.ndarray:
+    """Subsample ``rows`` (the pre-training split) so that its groups differ from the new task's.
+
+    ``"base_rate"``: drop positives of every group down to the lowest group positive rate, so
+    P(Y=1 | S=g) is equal across groups; ``"size"``: drop rows of every group down to the
+    smallest group's size; ``"none"``: keep all. A model pre-trained on balanced data is
+    fairer than the new task's data, so fine-tuning has bias to add (the paper's Table 2 setting).
+    """
+    if how == "none":
+        return rows
+    rng = np.random.default_rng(seed + 1)
+    groups = np.unique(s[rows])
+    keep = []
+    if how == "size":
+        smallest = min(int((s[rows] == g).sum()) for g in groups)
+        for g in groups:
+            members = rows[s[rows] == g]
+            keep.append(rng.choice(members, smallest, replace=False))
+    elif how == "base_rate":
+        rate = min(float(y[rows][s[rows] == g].mean()) for g in groups)
+        for g in groups:
+            members = rows[s[rows] == g]
+            positives, negatives = members[y[members] == 1], members[y[members] == 0]
+            n_pos = int(round(rate * len(negatives) / (1 - rate))) if rate < 1 else len(positives)
+            keep += [negatives, rng.choice(positives, min(n_pos, len(positives)), replace=False)]
+    else:
+        raise ValueError(f"unknown source balance {how!r}")
+    return np.sort(np.concatenate(keep))
+
+
 def _preprocessor(frame: pd.DataFrame) -> ColumnTransformer:
     numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])]
     categorical = [c for c in frame.columns if c not in numeric]
@@ -77,6 +107,7 @@ def tabular_task(
     seed: int = 0,
     keep_sensitive: bool = False,
     drop_missing: bool = False,
+    source_balance: str = "none",
     name: str = "csv",
     source: str = "the data",
 ) -> Task:
@@ -91,6 +122,7 @@ def tabular_task(
     seed : seed of the random split.
     keep_sensitive : keep the sensitive column among the model's features.
     drop_missing : drop rows with missing values instead of failing.
+    source_balance : subsample the pre-training split, see :func:`balance_source`.
     """
     for column in (target, sensitive):
         if column not in frame.columns:
@@ -115,6 +147,7 @@ def tabular_task(
     s, group_names = group_codes(frame[sensitive], name=sensitive)
     split = split or SplitConfig()
     parts = split_indices(len(frame), split, seed)
+    parts["source"] = balance_source(parts["source"], y, s, source_balance, seed)
 
     features = frame[feature_columns]
     preprocessor = _preprocessor(features).fit(features.iloc[parts["source"]])
@@ -132,7 +165,7 @@ def tabular_task(
         group_names=group_names,
         label_name=target,
         sensitive_name=sensitive,
-        fingerprint=_fingerprint(name, data_hash, split.model_dump(), seed, keep_sensitive, positive, target, sensitive),
+        fingerprint=_fingerprint(name, data_hash, split.model_dump(), seed, keep_sensitive, positive, target, sensitive, source_balance),
         feature_names=feature_names,
     )
 
