@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 
-def make_frame(n_rows: int = 1500, *, seed: int = 0, groups: tuple[str, ...] = ("a", "b")) -> pd.DataFrame:
+def generated_frame(n_rows: int = 1500, *, seed: int = 0, groups: tuple[str, ...] = ("a", "b")) -> pd.DataFrame:
     """A binary-classification table with a sensitive column that shifts the label.
 
     Columns: ``x1, x2, x3`` (numeric), ``color`` (categorical), ``group`` (sensitive, ``groups``),
@@ -29,12 +29,18 @@ def make_frame(n_rows: int = 1500, *, seed: int = 0, groups: tuple[str, ...] = (
 
 
 @pytest.fixture
+def make_frame() -> Callable[..., pd.DataFrame]:
+    """The :func:`generated_frame` factory."""
+    return generated_frame
+
+
+@pytest.fixture
 def write_csv(tmp_path: Path) -> Callable[..., Path]:
-    """``write_csv(frame=None, name="data.csv", **make_frame_kwargs)`` -> path of the written CSV."""
+    """``write_csv(frame=None, name="data.csv", **generated_frame_kwargs)`` -> path of the written CSV."""
 
     def write(frame: pd.DataFrame | None = None, name: str = "data.csv", **kwargs: object) -> Path:
         path = tmp_path / name
-        (make_frame(**kwargs) if frame is None else frame).to_csv(path, index=False)
+        (generated_frame(**kwargs) if frame is None else frame).to_csv(path, index=False)
         return path
 
     return write
