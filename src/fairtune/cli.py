@@ -146,9 +146,15 @@ def run(
         "methods": _words(methods), "seeds": tuple(range(seeds)), "target_layer": layer,
         "cache_dir": str(cache_dir) if cache_dir else None,
     })
-    out_dir = ensure_writable_dir(out)
+    out_is_new = not out.exists()
+    out_dir = ensure_writable_dir(out)  # fail fast, before pre-training, if it cannot be written
     started = time.perf_counter()
-    result = run_experiment(config, keep_predictions=save_predictions, progress=not quiet)
+    try:
+        result = run_experiment(config, keep_predictions=save_predictions, progress=not quiet)
+    except BaseException:
+        if out_is_new and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed run leaves no output behind, not even an empty folder
+        raise
     summary = summarize(result.results)
     table = summary_table(summary)
     write_csv(result.results, out_dir / "results.csv")

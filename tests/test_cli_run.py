@@ -1,0 +1,195 @@
+"""`fairtune run` end to end on a small generated CSV: output files, user errors, help, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from fairtune import __version__, errors
+from fairtune.cli import app
+
+METHODS = ["pretrained", "tl", "svd", "win"]
+TINY_GRID = ["--seeds", "2", "--epochs", "2", "--lrs", "0.01", "--pretrain-epochs", "2", "--hidden", "8,4", "--quiet"]
+
+
+def csv_args(csv: Path, *extra: str, target: str = "label") -> list[str]:
+    return ["run", "--dataset", "csv", "--csv", str(csv), "--target", target, "--sensitive", "group", *extra]
+
+
+def invoke(args: list[str]):
+    return CliRunner().invoke(app, args, env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory) -> Path:
+    from conftest import generated_frame
+
+    path = tmp_path_factory.mktemp("data") / "data.csv"
+    generated_frame(1500, seed=0).to_csv(path, index=False)
+    return path
+
+
+def good_run(csv: Path, root: Path):
+    out, cache = root / "out", root / "cache"
+    result = invoke(csv_args(csv, "--positive", "yes", *TINY_GRID, "--cache-dir", str(cache), "--out", str(out), "--save-predictions"))
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_csv, tmp_path_factory):
+    return good_run(data_csv, tmp_path_factory.mktemp("run1"))
+
+
+def test_run_writes_results_for_every_method_and_seed(finished_run) -> None:
+    out, result = finished_run
+    results = pd.read_csv(out / "results.csv")
+    assert {"method", "seed", "err", "delta_dp", "delta_eo", "trainable_params"} <= set(results.columns)
+    assert sorted(zip(results["method"], results["seed"])) == sorted((m, s) for m in METHODS for s in (0, 1))
+    assert results[["err", "delta_dp", "delta_eo"]].notna().all().all()
+    assert results["err"].between(0, 100).all()
+    assert results[["delta_dp", "delta_eo"]].ge(0).all().all()
+    # the head is Linear(4, 2): TL trains 4*2+2 = 10; svd/win at r in {1, 2} train r*(4+2)+2 <= 14
+    params = results.groupby("method")["trainable_params"].first()
+    assert params["tl"] == params["pretrained"] == 10
+    assert params["svd"] in (8, 14) and params["win"] in (8, 14)
+
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["method"]) == METHODS
+    assert (summary["seeds"] == 2).all()
+    np.testing.assert_allclose(summary["err_mean"], results.groupby("method", sort=False)["err"].mean()[METHODS])
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["fairtune_version"] == __version__
+    assert config["config"]["finetune"]["lrs"] == [0.01]
+    assert {"selections.json", "summary.md"} <= {p.name for p in out.iterdir()}
+    assert "WIN" in result.stdout and "results.csv" in result.stdout
+
+
+def test_run_saves_predictions_on_the_test_split(finished_run, data_csv) -> None:
+    out, _ = finished_run
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert list(predictions.columns) == ["method", "seed", "y_true", "y_pred", "sensitive"]
+    sizes = predictions.groupby(["method", "seed"]).size()
+    assert len(sizes) == 8 and sizes.nunique() == 1
+    assert set(predictions["y_pred"]) <= {0, 1} and set(predictions["sensitive"]) == {0, 1}
+    # the metrics in results.csv are those of the saved predictions
+    from fairtune.metrics import evaluate
+
+    results = pd.read_csv(out / "results.csv").set_index(["method", "seed"])
+    for (method, seed), rows in predictions.groupby(["method", "seed"]):
+        metrics = evaluate(rows["y_true"], rows["y_pred"], rows["sensitive"])
+        for name, value in metrics.items():
+            assert results.loc[(method, seed), name] == pytest.approx(value)
+
+
+def test_same_config_and_seed_give_identical_results(finished_run, data_csv, tmp_path) -> None:
+    out, _ = finished_run
+    again, _ = good_run(data_csv, tmp_path)  # fresh cache: pre-training is repeated too
+    first = pd.read_csv(out / "results.csv").drop(columns="fit_seconds")
+    second = pd.read_csv(again / "results.csv").drop(columns="fit_seconds")
+    pd.testing.assert_frame_equal(first, second)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "predictions.csv"), pd.read_csv(again / "predictions.csv"))
+    assert json.loads((out / "selections.json").read_text()) == json.loads((again / "selections.json").read_text())
+
+
+def _assert_one_line_error(result, out: Path, expected: str | None = None) -> str:
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("fairtune: error: ")
+    assert "Traceback" not in result.output
+    if expected is not None:
+        assert lines[0] == f"fairtune: error: {expected}"
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+    return lines[0]
+
+
+def test_single_sensitive_group(write_csv, tmp_path) -> None:
+    csv = write_csv(n_rows=300, groups=("a",))
+    result = invoke(csv_args(csv, "--positive", "yes", *TINY_GRID, "--out", str(tmp_path / "out")))
+    _assert_one_line_error(result, tmp_path / "out", errors.SINGLE_GROUP.format(name="group", group="a"))
+
+
+def test_nan_features(write_csv, make_frame, tmp_path) -> None:
+    frame = make_frame(300)
+    frame.loc[[1, 2], "x3"] = np.nan
+    result = invoke(csv_args(write_csv(frame), "--positive", "yes", *TINY_GRID, "--out", str(tmp_path / "out")))
+    line = _assert_one_line_error(result, tmp_path / "out")
+    assert "2 missing/NaN value(s) (columns: x3)" in line and "--drop-missing" in line
+
+
+def test_non_binary_label(write_csv, make_frame, tmp_path) -> None:
+    frame = make_frame(300)
+    frame["label"] = np.arange(300) % 3
+    result = invoke(csv_args(write_csv(frame), *TINY_GRID, "--out", str(tmp_path / "out")))
+    _assert_one_line_error(result, tmp_path / "out", errors.NON_BINARY_LABELS.format(name="label", count=3, values="0, 1, 2"))
+
+
+def test_missing_file(tmp_path) -> None:
+    csv = tmp_path / "nosuch.csv"
+    result = invoke(csv_args(csv, *TINY_GRID, "--out", str(tmp_path / "out")))
+    _assert_one_line_error(result, tmp_path / "out", errors.MISSING_FILE.format(path=csv))
+
+
+def test_missing_column(data_csv, tmp_path) -> None:
+    result = invoke(csv_args(data_csv, "--positive", "yes", *TINY_GRID, "--out", str(tmp_path / "out"), target="income"))
+    line = _assert_one_line_error(result, tmp_path / "out")
+    assert "column 'income' not found" in line and "available: x1, x2, x3, color, group, label" in line
+
+
+def test_no_such_layer(data_csv, tmp_path) -> None:
+    args = csv_args(data_csv, "--positive", "yes", *TINY_GRID, "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"))
+    result = invoke([*args, "--layer", "nosuch"])
+    _assert_one_line_error(result, tmp_path / "out", errors.NO_LINEAR_LAYER.format(name="nosuch", available="hidden1, hidden2, output"))
+
+
+def test_rank_too_large_for_a_binary_head(data_csv, tmp_path) -> None:
+    args = csv_args(data_csv, "--positive", "yes", *TINY_GRID, "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"))
+    result = invoke([*args, "--ranks", "3"])
+    _assert_one_line_error(result, tmp_path / "out", errors.RANK_TOO_LARGE.format(rank=3, rows=4, cols=2, max_rank=2))
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--lrs", "fast"], "--lrs must be a comma-separated list of numbers"),
+        (["--operators", "median"], "invalid setting finetune.operators"),
+        (["--methods", "nosuch"], "unknown method 'nosuch'"),
+    ],
+)
+def test_bad_settings(data_csv, tmp_path, flags, fragment) -> None:
+    args = csv_args(data_csv, "--positive", "yes", *TINY_GRID, "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"))
+    line = _assert_one_line_error(invoke([*args, *flags]), tmp_path / "out")
+    assert fragment in line
+
+
+def _flags(command) -> set[str]:
+    return {opt for param in command.params for opt in param.opts + param.secondary_opts if opt.startswith("-")}
+
+
+def test_help_mentions_every_flag() -> None:
+    group = typer.main.get_command(app)
+    top = invoke(["--help"])
+    assert top.exit_code == 0
+    for flag in _flags(group) | {"run"}:
+        assert flag in top.stdout, flag
+
+    run_help = invoke(["run", "--help"])
+    assert run_help.exit_code == 0
+    flags = _flags(group.commands["run"])
+    assert {"--csv", "--target", "--sensitive", "--positive", "--layer", "--ranks", "--save-predictions", "--cache-dir"} <= flags
+    for flag in flags:
+        assert flag in run_help.stdout, flag
+
+
+def test_version() -> None:
+    result = invoke(["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"fairtune {__version__}"
