@@ -49,7 +49,8 @@ def extract_features(
             for batch in _batches(inputs, batch_size):
                 output = model(batch)
                 if not outputs_checked:
-                    if not torch.allclose(output.float().cpu(), F.linear(captured[-1].to(layer.weight), layer.weight, layer.bias).float().cpu(), atol=1e-5):
+                    expected = F.linear(captured[-1].to(layer.weight), layer.weight, layer.bias).float().cpu()
+                    if output.shape != expected.shape or not torch.allclose(output.float().cpu(), expected, atol=1e-5):
                         raise ModelError("the target layer is not the model's output layer; fine-tune the last linear layer or pass a model that ends in it")
                     outputs_checked = True
                 bar.update(len(batch))

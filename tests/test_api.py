@@ -1,0 +1,132 @@
+"""The Python API: FairFineTuner on a user's nn.Module, from tensors or a DataLoader; compare()."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fairtune import FairFineTuner, compare
+from fairtune.config import FinetuneGrid
+from fairtune.errors import ConfigError, DataError, FairtuneError, ModelError
+from fairtune.factorization import FactorizedLinear
+
+TINY = FinetuneGrid(ranks=(1,), lrs=(0.01,), epochs=(2,), operators=("mean",))
+
+
+@pytest.fixture
+def problem():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 2))
+    generator = torch.Generator().manual_seed(1)
+    X = torch.randn(300, 5, generator=generator)
+    s = (X[:, 1] > 0).long()
+    y = (X[:, 0] + 0.5 * s + 0.5 * torch.randn(300, generator=generator) > 0).long()
+    return model, X, y, s
+
+
+def test_fit_replaces_the_last_layer_and_trains_only_it(problem) -> None:
+    model, X, y, s = problem
+
+    tuner = FairFineTuner(model, method="win", rank=1, operator="mean", epochs=3).fit(X, y, sensitive_features=s)
+
+    assert isinstance(tuner.model_[2], FactorizedLinear) and tuner.model_[2].rank == 1
+    assert tuner.layer_name_ == "2"
+    assert tuner.trainable_params_ == 16 * 1 + 1 * 2 + 2
+    assert tuner.group_names_ == ("0", "1")
+    # the backbone is the user's, unchanged; only the new head was fine-tuned
+    torch.testing.assert_close(tuner.model_[0].weight, model[0].weight)
+    assert not tuner.model_[0].weight.requires_grad
+    y_hat = tuner.predict(X)
+    assert y_hat.shape == (300,) and set(np.unique(y_hat)) <= {0, 1}
+    np.testing.assert_array_equal(y_hat, (tuner.predict_proba(X) > 0.5).astype(np.int64))
+    np.testing.assert_array_equal(y_hat, tuner.model_(X).argmax(dim=1).numpy())
+
+
+def test_the_users_model_is_not_modified(problem) -> None:
+    model, X, y, s = problem
+    original = copy.deepcopy(model.state_dict())
+    FairFineTuner(model, method="win", rank=2, epochs=2).fit(X, y, sensitive_features=s)
+    assert isinstance(model[2], nn.Linear)
+    assert all(p.requires_grad for p in model.parameters())
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, original[name]), name
+
+
+@pytest.mark.parametrize(("method", "expected"), [("tl", 16 * 2 + 2), ("svd", 1 * (16 + 2) + 2), ("win", 1 * (16 + 2) + 2)])
+def test_trainable_params_per_method(problem, method, expected) -> None:
+    model, X, y, s = problem
+    tuner = FairFineTuner(model, method=method, rank=1, epochs=1).fit(X, y, sensitive_features=s)
+    assert tuner.trainable_params_ == expected
+
+
+def test_dataloader_gives_the_same_result_as_tensors(problem) -> None:
+    model, X, y, s = problem
+    from_tensors = FairFineTuner(model, rank=1, epochs=2, seed=3).fit(X, y, sensitive_features=s)
+    loader = DataLoader(TensorDataset(X, y, s), batch_size=64, shuffle=False)
+    from_loader = FairFineTuner(model, rank=1, epochs=2, seed=3).fit(loader)
+
+    for (name, a), (_, b) in zip(from_tensors.model_.named_parameters(), from_loader.model_.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    np.testing.assert_allclose(from_tensors.predict_proba(X), from_loader.predict_proba(X), rtol=1e-5, atol=1e-6)
+
+
+def test_numpy_inputs_and_string_groups(problem) -> None:
+    model, X, y, s = problem
+    groups = np.where(s.numpy() == 1, "women", "men")
+    tuner = FairFineTuner(model, rank=1, epochs=1).fit(X.numpy(), y.numpy(), sensitive_features=groups)
+    assert tuner.group_names_ == ("men", "women")
+    assert tuner.predict(X.numpy()).shape == (300,)
+
+
+def test_predict_before_fit_is_an_error(problem) -> None:
+    model, X, _, _ = problem
+    with pytest.raises(FairtuneError, match="not fitted yet"):
+        FairFineTuner(model).predict(X)
+
+
+def test_user_errors(problem) -> None:
+    model, X, y, s = problem
+    with pytest.raises(ConfigError, match="rank 3 is larger than allowed for a 16x2 layer"):
+        FairFineTuner(model, rank=3).fit(X, y, sensitive_features=s)
+    with pytest.raises(ModelError, match="not the model's output layer"):
+        FairFineTuner(model, layer="0").fit(X, y, sensitive_features=s)
+    with pytest.raises(ModelError, match="no nn.Linear layer named 'head'"):
+        FairFineTuner(model, layer="head").fit(X, y, sensitive_features=s)
+    with pytest.raises(DataError, match="single group"):
+        FairFineTuner(model).fit(X, y, sensitive_features=torch.zeros(300, dtype=torch.long))
+    X_nan = X.clone()
+    X_nan[0, 0] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        FairFineTuner(model).fit(X_nan, y, sensitive_features=s)
+    with pytest.raises(ConfigError, match="unknown method"):
+        FairFineTuner(model, method="nosuch").fit(X, y, sensitive_features=s)
+
+
+def test_compare_returns_one_row_per_method_and_seed(problem) -> None:
+    model, X, y, s = problem
+    original = copy.deepcopy(model.state_dict())
+    parts = [(X[a:b], y[a:b], s[a:b]) for a, b in ((0, 150), (150, 220), (220, 300))]
+
+    results = compare(model, *parts, seeds=[0, 1], grid=TINY)
+
+    assert sorted(zip(results["method"], results["seed"])) == sorted(
+        (m, seed) for m in ("pretrained", "tl", "svd", "win") for seed in (0, 1)
+    )
+    assert {"err", "delta_dp", "delta_eo", "trainable_params"} <= set(results.columns)
+    params = results.groupby("method")["trainable_params"].first()
+    assert params.to_dict() == {"pretrained": 34, "tl": 34, "svd": 20, "win": 20}
+    # the pre-trained row scores the model as given on the test part
+    from fairtune.metrics import evaluate
+
+    X_test, y_test, s_test = parts[2]
+    expected = evaluate(y_test.numpy(), model(X_test).argmax(dim=1).numpy(), s_test.numpy())
+    pretrained = results[results["method"] == "pretrained"].iloc[0]
+    for name, value in expected.items():
+        assert pretrained[name] == pytest.approx(value)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, original[name]), name
