@@ -64,6 +64,11 @@ class DataConfig(_Settings):
     drop_missing: bool = Field(False, description="drop rows with missing values instead of failing")
     split: SplitConfig | None = Field(None, description="split sizes; None = the data set's default")
     split_seed: int | None = Field(None, description="fixed seed for split and pre-training; None = use each run seed")
+    data_dir: str | None = Field(None, description="folder of an image data set (celeba, lfw)")
+    weights: str | None = Field(None, description="weights file of the vision model; None = pre-train it on the source split")
+    arch: str | None = Field(None, description="vision model: small_cnn or a torchvision classifier (resnet18, ...); None = the data set's default")
+    image_size: int | None = Field(None, ge=8, description="side of the square image input; None = the data set's default")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes reading images")
     source_balance: SourceBalance = Field(
         "none", description="subsample the pre-training split so its groups differ from the new task's: "
         "'base_rate' = equal positive rate in every group, 'size' = equal group sizes, 'none' = as drawn",
@@ -90,6 +95,9 @@ class FinetuneGrid(_Settings):
     """Hyperparameters searched on the validation split (only), per method and seed."""
 
     ranks: tuple[int, ...] = Field((1, 2), description="ranks r for svd/win")
+    rank_fractions: tuple[float, ...] = Field(
+        (0.25, 0.5, 1.0), description="ranks of the deep variants (win-hidden, ...) as fractions f of each layer's max rank: ceil(f·min(d,k))"
+    )
     lrs: tuple[float, ...] = Field((1e-3, 1e-2), description="learning rates")
     epochs: tuple[int, ...] = Field((5, 20), description="fine-tuning epochs T")
     operators: tuple[Operator, ...] = Field(("mean", "geometric", "min", "harmonic", "pooled"))
@@ -105,6 +113,13 @@ class FinetuneGrid(_Settings):
     def _ranks_positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if not value or min(value) < 1:
             raise ValueError("ranks must be >= 1")
+        return value
+
+    @field_validator("rank_fractions")
+    @classmethod
+    def _fractions(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or min(value) <= 0 or max(value) > 1:
+            raise ValueError("rank fractions must be in (0, 1]")
         return value
 
     @field_validator("lrs", "epochs", "operators")
