@@ -163,6 +163,11 @@ def test_rank_too_large_for_a_binary_head(data_csv, tmp_path) -> None:
         (["--lrs", "fast"], "--lrs must be a comma-separated list of numbers"),
         (["--operators", "median"], "invalid setting finetune.operators"),
         (["--methods", "nosuch"], "unknown method 'nosuch'"),
+        (["--split", "a,b,c"], "--split needs three sizes TRAIN,VAL,TEST"),
+        (["--epochs", "0"], "invalid setting finetune.epochs: Value error, epochs must be >= 1"),
+        (["--lrs", "-1"], "invalid setting finetune.lrs: Value error, learning rates must be > 0"),
+        (["--hidden", "0"], "invalid setting pretrain.hidden: Value error, hidden widths must be >= 1"),
+        (["--selection", "accuracy"], "invalid setting finetune.selection"),
     ],
 )
 def test_bad_settings(data_csv, tmp_path, flags, fragment) -> None:

@@ -79,7 +79,10 @@ def _words(text: str) -> tuple[str, ...]:
 def _split(text: str | None) -> dict[str, float | int] | None:
     if text is None:
         return None
-    values = [float(v) if "." in v else int(v) for v in text.split(",")] if text else []
+    try:
+        values = [float(v) if "." in v else int(v) for v in text.split(",")] if text else []
+    except ValueError:
+        values = []
     if len(values) != 3:
         raise ConfigError(f"--split needs three sizes TRAIN,VAL,TEST (counts or fractions), got {text!r}")
     return dict(zip(("train", "val", "test"), values))

@@ -90,6 +90,13 @@ class PretrainConfig(_Settings):
     batch_size: int = Field(256, ge=1)
     weight_decay: float = Field(0.0, ge=0)
 
+    @field_validator("hidden")
+    @classmethod
+    def _widths_positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(width < 1 for width in value):
+            raise ValueError("hidden widths must be >= 1")
+        return value
+
 
 class FinetuneGrid(_Settings):
     """Hyperparameters searched on the validation split (only), per method and seed."""
@@ -127,4 +134,18 @@ class FinetuneGrid(_Settings):
     def _non_empty(cls, value: tuple) -> tuple:
         if not value:
             raise ValueError("the grid needs at least one value")
+        return value
+
+    @field_validator("lrs")
+    @classmethod
+    def _lrs_positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if min(value) <= 0:
+            raise ValueError("learning rates must be > 0")
+        return value
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs_positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if min(value) < 1:
+            raise ValueError("epochs must be >= 1")
         return value
