@@ -51,7 +51,7 @@ def test_the_users_model_is_not_modified(problem) -> None:
     model, X, y, s = problem
     original = copy.deepcopy(model.state_dict())
     FairFineTuner(model, method="win", rank=2, epochs=2).fit(X, y, sensitive_features=s)
-    assert isinstance(model[2], nn.Linear)
+    assert isinstance(model[2], nn.Linear) and model.training
     assert all(p.requires_grad for p in model.parameters())
     for name, value in model.state_dict().items():
         assert torch.equal(value, original[name]), name
@@ -110,6 +110,7 @@ def test_user_errors(problem) -> None:
 def test_compare_returns_one_row_per_method_and_seed(problem) -> None:
     model, X, y, s = problem
     original = copy.deepcopy(model.state_dict())
+    assert model.training
     parts = [(X[a:b], y[a:b], s[a:b]) for a, b in ((0, 150), (150, 220), (220, 300))]
 
     results = compare(model, *parts, seeds=[0, 1], grid=TINY)
@@ -128,5 +129,6 @@ def test_compare_returns_one_row_per_method_and_seed(problem) -> None:
     pretrained = results[results["method"] == "pretrained"].iloc[0]
     for name, value in expected.items():
         assert pretrained[name] == pytest.approx(value)
+    assert model.training  # not switched to eval mode behind the caller's back
     for name, value in model.state_dict().items():
         assert torch.equal(value, original[name]), name

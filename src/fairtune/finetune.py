@@ -161,8 +161,8 @@ def compare(
     (method ``pretrained`` is the model as given). Backbone features are computed once.
     """
     grid = grid or FinetuneGrid()
+    model = copy.deepcopy(model).eval()  # the caller's model keeps its train/eval mode
     name, target = find_linear(model, layer)
-    model = model.eval()
     train_f, groups = layer_features(model, target, train)
     features = {"train": train_f, "val": layer_features(model, target, val, groups)[0], "test": layer_features(model, target, test, groups)[0]}
     rows = []
