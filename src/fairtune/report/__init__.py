@@ -1,5 +1,31 @@
-"""Reports: tables (and, with the baselines issue, figures and HTML)."""
+"""Reports: tables, figures and the HTML/Markdown report of a reproduction.
 
-from .tables import METHOD_LABELS, mean_std, summary_table, to_markdown
+``fairtune.report.figures`` (matplotlib) and ``fairtune.report.html`` are imported on use,
+so that ``fairtune run`` does not pay for matplotlib; ``fairtune.report.paper`` holds the
+paper's published figures.
+"""
 
-__all__ = ["METHOD_LABELS", "mean_std", "summary_table", "to_markdown"]
+from .tables import (
+    METHOD_LABELS,
+    ablation_display,
+    mean_std,
+    method_label,
+    pareto_front,
+    pareto_table,
+    summarize_by,
+    summary_table,
+    table2_display,
+    table2_frame,
+    table3_display,
+    table3_frame,
+    to_markdown,
+)
+
+__all__ = [
+    # labels and formatting
+    "METHOD_LABELS", "method_label", "mean_std", "to_markdown",
+    # summaries and tables
+    "summarize_by", "summary_table", "table2_frame", "table2_display", "table3_frame", "table3_display", "ablation_display",
+    # accuracy-fairness trade-off
+    "pareto_front", "pareto_table",
+]

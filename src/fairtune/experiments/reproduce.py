@@ -1,0 +1,313 @@
+"""``fairtune reproduce adult``: the paper's Adult study, resumable, and its report.
+
+The study is cut into units, each one (study, method or setting, seed):
+
+- ``table3``: one method spec (``tl``, ``win``, ``retrain-eo:0.1``, a peer, ...) on one seed,
+  via :func:`fairtune.experiments.run.run` (settings chosen on validation);
+- ``pretrained``: the pre-trained model's test metrics on one seed (a by-product of any
+  ``table3`` unit of that seed);
+- ``ablation``: WIN with the grid restricted to one neutralization operator and one rank;
+- ``table2``: a fair pre-trained model (one constraint and λ), before and after fine-tuning,
+  via :func:`fairtune.experiments.fair_pretraining.fair_pretraining_study`;
+- ``fisher``: the per-group Fisher of the pre-trained model's final layer (Figure 3).
+
+Each finished unit is stored in a :class:`~fairtune.experiments.store.ResultStore` under
+``DIR/units/``, keyed by its fields and every setting it depends on, so an interrupted run
+resumes where it stopped and a changed setting is recomputed instead of reused. The tables,
+figures and report are then written from the stored results alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from .. import __version__
+from .._io import write_csv, write_json, write_text
+from ..config import DataConfig, FinetuneGrid, Operator, PretrainConfig, SplitConfig, _Settings
+from ..data import load_task
+from ..errors import ConfigError
+from ..factorization import find_linear
+from ..importance import feature_batches, group_fisher
+from ..models import pretrained_mlp
+from ..report import figures, html, tables
+from ..report import paper as paper_figures
+from .fair_pretraining import fair_pretraining_study
+from .run import RunConfig, run, split_features
+from .store import ResultStore, unit_key
+
+logger = logging.getLogger(__name__)
+
+#: Table 3's methods besides Retrain+EO/DP (which come from ``constraints`` x ``lambdas``).
+TABLE3_METHODS: tuple[str, ...] = (
+    "tl", "svd", "win", "logreg", "fairlearn-eg-eo", "fairlearn-eg-dp", "fairlearn-to-eo", "fairlearn-to-dp",
+)
+FIGURE4_METHODS: tuple[str, ...] = ("pretrained", "tl", "svd", "win")
+TITLE = "fairtune reproduction of Zhang & Zhou (2024) on Adult"
+
+
+class ReproduceConfig(_Settings):
+    """The whole Adult study: Table 3 methods, Table 2 fair pre-training, WIN ablation, Figure 3."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneGrid = Field(default_factory=FinetuneGrid)
+    seeds: tuple[int, ...] = tuple(range(10))
+    constraints: tuple[str, ...] = Field(("eo", "dp"), description="fairness regularizers of Retrain and fair pre-training")
+    lambdas: tuple[float, ...] = Field((0.1, 0.5, 0.9), description="regularizer intensities λ (the paper's)")
+    methods: tuple[str, ...] = Field(TABLE3_METHODS, description="Table 3's methods besides Retrain+EO/DP")
+    ablation_operators: tuple[Operator, ...] = ("mean", "geometric", "min", "harmonic", "pooled")
+    ablation_ranks: tuple[int, ...] = (1, 2)
+    fisher_seed: int = Field(0, description="seed whose pre-trained model Figure 3 shows")
+    cache_dir: str | None = None
+
+    def table3_methods(self) -> tuple[str, ...]:
+        """Retrain+EO/DP at every λ, then ``methods``: Table 3's rows after the pre-trained model."""
+        return (*(f"retrain-{kind}:{lam:g}" for kind in self.constraints for lam in self.lambdas), *self.methods)
+
+    def run_config(self, methods: tuple[str, ...], seed: int, finetune: FinetuneGrid | None = None) -> RunConfig:
+        return RunConfig(data=self.data, pretrain=self.pretrain, finetune=finetune or self.finetune,
+                         methods=methods, seeds=(seed,), cache_dir=self.cache_dir)
+
+
+def quick_config(seeds: int = 2, cache_dir: str | None = None) -> ReproduceConfig:
+    """A tiny study for tests and CI: small splits, one λ, a one-point grid, two ablation cells."""
+    return ReproduceConfig(
+        data=DataConfig(split=SplitConfig(train=1200, val=600, test=1200)),
+        pretrain=PretrainConfig(hidden=(16, 8), epochs=2),
+        finetune=FinetuneGrid(ranks=(1,), lrs=(0.01,), epochs=(2,), operators=("mean",)),
+        seeds=tuple(range(seeds)), lambdas=(0.5,),
+        ablation_operators=("mean", "pooled"), ablation_ranks=(1,), cache_dir=cache_dir,
+    )
+
+
+UNKNOWN_STUDY = "no reproduction for data set {name!r}; available: adult"
+
+
+def study_config(
+    dataset: str,
+    *,
+    seeds: int | None = None,
+    quick: bool = False,
+    methods: tuple[str, ...] | None = None,
+    lambdas: tuple[float, ...] | None = None,
+    cache_dir: str | None = None,
+) -> ReproduceConfig:
+    """The study for ``dataset`` (only 'adult'): the paper's (10 seeds), or :func:`quick_config` (2 seeds)."""
+    if dataset != "adult":
+        raise ConfigError(UNKNOWN_STUDY.format(name=dataset))
+    config = quick_config(cache_dir=cache_dir) if quick else ReproduceConfig(cache_dir=cache_dir)
+    update: dict[str, Any] = {}
+    if seeds is not None:
+        update["seeds"] = tuple(range(seeds))
+    if methods is not None:
+        update["methods"] = methods
+    if lambdas is not None:
+        update["lambdas"] = lambdas
+    return ReproduceConfig.model_validate({**config.model_dump(), **update})
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One resumable piece of work: its study, what identifies it, and the settings it depends on."""
+
+    study: str
+    seed: int
+    fields: dict[str, Any]
+    settings: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return unit_key(study=self.study, seed=self.seed, **self.fields, settings=self.settings)
+
+
+def _settings(config: ReproduceConfig, finetune: FinetuneGrid | None = None) -> dict[str, Any]:
+    return {"data": config.data.model_dump(mode="json"), "pretrain": config.pretrain.model_dump(mode="json"),
+            "finetune": (finetune or config.finetune).model_dump(mode="json")}
+
+
+def ablation_grid(config: ReproduceConfig, operator: str, rank: int) -> FinetuneGrid:
+    """The fine-tuning grid restricted to one neutralization operator and one rank."""
+    return config.finetune.model_copy(update={"operators": (operator,), "ranks": (rank,)})
+
+
+def plan_units(config: ReproduceConfig) -> list[Unit]:
+    """Every unit of the study, seed by seed (the pre-trained unit after the methods that produce it)."""
+    settings = _settings(config)
+    fisher_settings = {"data": settings["data"], "pretrain": settings["pretrain"], "kind": config.finetune.fisher}
+    units = [Unit("fisher", config.fisher_seed, {}, fisher_settings)]
+    for seed in config.seeds:
+        units += [Unit("table3", seed, {"method": m}, settings) for m in config.table3_methods()]
+        units.append(Unit("pretrained", seed, {}, settings))
+        units += [Unit("ablation", seed, {"operator": op, "rank": r}, _settings(config, ablation_grid(config, op, r)))
+                  for op in config.ablation_operators for r in config.ablation_ranks]
+        units += [Unit("table2", seed, {"constraint": kind, "lambda": lam}, settings)
+                  for kind in config.constraints for lam in config.lambdas]
+    return units
+
+
+def _pretrained_unit(config: ReproduceConfig, seed: int) -> Unit:
+    return Unit("pretrained", seed, {}, _settings(config))
+
+
+def compute_fisher(config: ReproduceConfig, seed: int) -> dict[str, Any]:
+    """Eq. (1) per group for the final layer of the seed's pre-trained model, on the new task's train split.
+
+    Returns ``{"weight": (G, k, d) nested lists, "group_names": [...]}``.
+    """
+    data_seed = config.data.split_seed if config.data.split_seed is not None else seed
+    task = load_task(config.data, seed=data_seed)
+    model = pretrained_mlp(task, config.pretrain, seed=data_seed, cache_dir=config.cache_dir)
+    _, layer = find_linear(model)
+    train = split_features(model, layer, {"train": task.train})["train"]
+    fisher = group_fisher(layer, feature_batches(train.x, train.y, train.s), task.n_groups, kind=config.finetune.fisher)
+    return {"weight": fisher.weight.tolist(), "group_names": list(task.group_names)}
+
+
+def compute_unit(unit: Unit, config: ReproduceConfig, store: ResultStore) -> dict[str, Any]:
+    """Run one unit and return its result record (a ``table3`` unit also stores its seed's pre-trained row)."""
+    if unit.study == "fisher":
+        return compute_fisher(config, unit.seed)
+    if unit.study == "table2":
+        study = fair_pretraining_study(
+            config.data, config.pretrain, config.finetune, constraints=(unit.fields["constraint"],),
+            lambdas=(unit.fields["lambda"],), seeds=(unit.seed,), cache_dir=config.cache_dir, progress=False,
+        )
+        return study.iloc[0].to_dict()
+    if unit.study == "ablation":
+        grid = ablation_grid(config, unit.fields["operator"], unit.fields["rank"])
+        rows = run(config.run_config(("win",), unit.seed, grid), progress=False).results
+        return {**unit.fields, **rows[rows["method"] == "win"].iloc[0].to_dict()}
+    methods = () if unit.study == "pretrained" else (unit.fields["method"],)
+    rows = run(config.run_config(methods, unit.seed), progress=False).results
+    pretrained = rows[rows["method"] == "pretrained"].iloc[0].to_dict()
+    store.put(_pretrained_unit(config, unit.seed).key, {"study": "pretrained", "seed": unit.seed, "row": pretrained})
+    return pretrained if unit.study == "pretrained" else rows[rows["method"] == methods[0]].iloc[0].to_dict()
+
+
+@dataclass
+class ReproduceResult:
+    """Stored results of every unit, by study, and how many units this call computed."""
+
+    results: pd.DataFrame  # Table 3: method, seed, err, delta_dp, delta_eo, trainable_params, ...
+    ablation: pd.DataFrame  # operator, rank, seed, err, delta_dp, delta_eo, ...
+    fair_pretraining: pd.DataFrame  # fair_pretraining_study's columns
+    fisher: np.ndarray  # (G, k, d)
+    group_names: tuple[str, ...]
+    computed: int  # units computed by this call (including by-products)
+    reused: int  # units found in the store
+    unit_seconds: float  # compute time of all stored units, whichever call computed them
+
+
+def reproduce(config: ReproduceConfig, directory: str | Path, *, progress: bool = True) -> ReproduceResult:
+    """Run every unit of the study not yet in ``directory/units`` (a progress bar over units); return all results."""
+    store = ResultStore(Path(directory) / "units")
+    units = plan_units(config)
+    done_before = {unit.key for unit in units if unit.key in store}
+    with tqdm(total=len(units), initial=len(done_before), desc="reproduce adult", unit="unit", disable=not progress) as bar:
+        for unit in units:
+            if unit.key in store:  # done before, or stored as a by-product of an earlier unit
+                bar.update(unit.key not in done_before)
+                continue
+            bar.set_postfix_str(f"{unit.study} seed {unit.seed} " + " ".join(f"{v}" for v in unit.fields.values()))
+            started = time.perf_counter()
+            row = compute_unit(unit, config, store)
+            store.put(unit.key, {"study": unit.study, "seed": unit.seed, "fields": unit.fields, "row": row,
+                                 "seconds": round(time.perf_counter() - started, 3)})
+            bar.update(1)
+    records = {unit.key: store.get(unit.key) for unit in units}
+
+    def rows(study: str) -> pd.DataFrame:
+        return pd.DataFrame([records[u.key]["row"] for u in units if u.study == study])
+
+    order = ["pretrained", *config.table3_methods()]
+    results = pd.concat([rows("pretrained"), rows("table3")], ignore_index=True)
+    results = results.sort_values(["method", "seed"], key=lambda c: c.map(order.index) if c.name == "method" else c, kind="stable")
+    fisher = records[units[0].key]["row"]
+    return ReproduceResult(
+        results=results.reset_index(drop=True), ablation=rows("ablation"), fair_pretraining=rows("table2"),
+        fisher=np.asarray(fisher["weight"]), group_names=tuple(fisher["group_names"]),
+        computed=len(units) - len(done_before), reused=len(done_before),
+        unit_seconds=sum(record.get("seconds", 0.0) for record in records.values()),
+    )
+
+
+def _table(frame: pd.DataFrame, display: pd.DataFrame, directory: Path, name: str) -> None:
+    write_csv(frame, directory / f"{name}.csv")
+    write_text(tables.to_markdown(display), directory / f"{name}.md")
+
+
+def write_reproduction(
+    result: ReproduceResult, config: ReproduceConfig, directory: str | Path, *, facts: list[str], metadata: dict[str, Any],
+) -> dict[str, pd.DataFrame]:
+    """Write the tables (CSV + Markdown), figures (PNG) and report (md + html) from ``result``.
+
+    Returns the display tables by name (``table2``, ``table3``, ``ablation``).
+    """
+    directory = Path(directory)
+    summary = tables.summarize_by(result.results, ["method"])
+    table3 = tables.table3_frame(summary, {"pretrained": paper_figures.PRETRAINED})
+    shown = {"table3": tables.table3_display(table3)}
+    write_csv(result.results, directory / "results.csv")
+    _table(table3, shown["table3"], directory, "table3")
+
+    table2 = tables.table2_frame(result.fair_pretraining) if not result.fair_pretraining.empty else None
+    if table2 is not None:
+        shown["table2"] = tables.table2_display(table2)
+        write_csv(result.fair_pretraining, directory / "table2_results.csv")
+        _table(table2, shown["table2"], directory, "table2")
+
+    ablation = tables.summarize_by(result.ablation, ["operator", "rank"])
+    shown["ablation"] = tables.ablation_display(ablation)
+    write_csv(result.ablation, directory / "ablation_results.csv")
+    _table(ablation, shown["ablation"], directory, "ablation")
+
+    pareto = {gap: tables.pareto_table(summary, gap) for gap in ("delta_eo", "delta_dp")}
+    write_csv(pd.concat([t.assign(gap=gap) for gap, t in pareto.items()], ignore_index=True), directory / "pareto_front.csv")
+
+    drawings: dict[str, tuple[str, Callable[[], Any]]] = {
+        "Accuracy-fairness trade-off (Pareto front ringed)": ("figures/accuracy_fairness.png", lambda: figures.accuracy_fairness(summary)),
+        "Figure 4: Err, ΔDP, ΔEO per method (mean ± std)": (
+            "figures/figure4_metrics.png", lambda: figures.metric_bars(summary[summary["method"].isin(FIGURE4_METHODS)])),
+        "Figure 3: per-group Fisher information of the final layer": (
+            "figures/figure3_fisher.png",
+            lambda: figures.fisher_heatmaps(result.fisher, result.group_names,
+                                            title=f"Per-group Fisher of the final layer, pre-trained model of seed {config.fisher_seed} (Figure 3)")),
+    }
+    for path, draw in drawings.values():
+        figures.save_png(draw(), directory / path)
+
+    markdown = html.reproduction_markdown(
+        title=TITLE, summary=summary, table3=shown["table3"], table2=shown.get("table2"), table2_numbers=table2,
+        ablation=shown["ablation"], pareto=pareto, figures={caption: path for caption, (path, _) in drawings.items()},
+        config=metadata, facts=facts,
+    )
+    html.write_report(markdown, TITLE, directory)
+    write_json(metadata, directory / "config.json")
+    return shown
+
+
+def reproduce_adult(config: ReproduceConfig, directory: str | Path, *, progress: bool = True, command: list[str] | None = None) -> dict[str, Any]:
+    """Run (or resume) the study and write everything; return the display tables and run facts."""
+    started = time.perf_counter()
+    result = reproduce(config, directory, progress=progress)
+    wall = time.perf_counter() - started
+    metadata = {"fairtune_version": __version__, "torch_version": torch.__version__,
+                "reproduce": config.model_dump(mode="json"), "command": command or [],
+                "wall_seconds": round(wall, 2), "unit_seconds": round(result.unit_seconds, 2), "units_computed": result.computed, "units_reused": result.reused}
+    facts = [f"seeds: {len(config.seeds)} ({', '.join(map(str, config.seeds))}); every number is mean ± std over them",
+             f"units computed by this call: {result.computed}, reused from `units/`: {result.reused}",
+             f"wall time of this call: {wall:.1f} s; compute time of all units (summed over calls): {result.unit_seconds:.1f} s",
+             f"fairtune {metadata['fairtune_version']}, torch {metadata['torch_version']}"]
+    shown = write_reproduction(result, config, directory, facts=facts, metadata=metadata)
+    return {"tables": shown, "wall_seconds": wall, "computed": result.computed, "reused": result.reused}
