@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fairtune import FairFineTuner, compare
+from fairtune import FairFineTuner, compare, errors
 from fairtune.config import FinetuneGrid
 from fairtune.errors import ConfigError, DataError, FairtuneError, ModelError
 from fairtune.factorization import FactorizedLinear
@@ -93,8 +93,11 @@ def test_user_errors(problem) -> None:
     model, X, y, s = problem
     with pytest.raises(ConfigError, match="rank 3 is larger than allowed for a 16x2 layer"):
         FairFineTuner(model, rank=3).fit(X, y, sensitive_features=s)
-    with pytest.raises(ModelError, match="not the model's output layer"):
+    with pytest.raises(ModelError, match="layer '0' has 16 outputs"):
         FairFineTuner(model, layer="0").fit(X, y, sensitive_features=s)
+    narrow = nn.Sequential(nn.Linear(5, 2), nn.ReLU(), nn.Linear(2, 2))
+    with pytest.raises(ModelError, match="not the model's output layer"):
+        FairFineTuner(narrow, layer="0").fit(X, y, sensitive_features=s)
     with pytest.raises(ModelError, match="no nn.Linear layer named 'head'"):
         FairFineTuner(model, layer="head").fit(X, y, sensitive_features=s)
     with pytest.raises(DataError, match="single group"):
@@ -105,6 +108,23 @@ def test_user_errors(problem) -> None:
         FairFineTuner(model).fit(X_nan, y, sensitive_features=s)
     with pytest.raises(ConfigError, match="unknown method"):
         FairFineTuner(model, method="nosuch").fit(X, y, sensitive_features=s)
+    with pytest.raises(DataError) as info:
+        FairFineTuner(model).fit(X, y)
+    assert str(info.value) == errors.MISSING_LABELS_OR_GROUPS
+    with pytest.raises(DataError) as info:
+        FairFineTuner(model).fit(X, y[:200], sensitive_features=s)
+    assert str(info.value) == errors.LENGTH_MISMATCH.format(x=300, y=200, s=300)
+    three_classes = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
+    with pytest.raises(ModelError) as info:
+        FairFineTuner(three_classes).fit(X, y, sensitive_features=s)
+    assert str(info.value) == errors.NOT_BINARY_HEAD.format(name="2", outputs=3)
+
+
+def test_float_labels_are_binary(problem) -> None:
+    model, X, y, s = problem
+    as_int = FairFineTuner(model, rank=1, epochs=1).fit(X, y, sensitive_features=s)
+    as_float = FairFineTuner(model, rank=1, epochs=1).fit(X, y.float(), sensitive_features=s.float())
+    np.testing.assert_array_equal(as_int.predict_proba(X), as_float.predict_proba(X))
 
 
 def test_compare_returns_one_row_per_method_and_seed(problem) -> None:

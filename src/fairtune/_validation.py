@@ -10,8 +10,8 @@ import pandas as pd
 from . import errors
 from .errors import DataError
 
-_TRUE_LIKE = {"1", "true", "yes", "y", "t"}
-_FALSE_LIKE = {"0", "false", "no", "n", "f"}
+_TRUE_LIKE = {"1", "1.0", "true", "yes", "y", "t"}  # "1.0": float labels, e.g. y.float()
+_FALSE_LIKE = {"0", "0.0", "false", "no", "n", "f"}
 
 
 def binary_labels(values: Sequence | np.ndarray | pd.Series, *, name: str = "label", positive: object | None = None) -> np.ndarray:

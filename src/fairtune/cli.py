@@ -106,7 +106,10 @@ def main_options(
 @user_errors
 def run(
     dataset: Annotated[str, typer.Option(help="Data set: 'adult' (bundled, the default), 'csv' (your file, see --csv), or an image data set.")] = "adult",
-    methods: Annotated[str, typer.Option(help="Comma-separated methods: tl (transfer learning), svd (f+SVD), win (weight importance neutralization).")] = "tl,svd,win",
+    methods: Annotated[str, typer.Option(help="Comma-separated methods: tl (transfer learning), svd (f+SVD), win (weight importance neutralization); "
+                                                      "retrain-eo:λ / retrain-dp:λ (fine-tuning + relaxed equalized-odds / demographic-parity regularizer of intensity λ, e.g. retrain-eo:0.1; bare = 0.5; see --retrain-scope); "
+                                                      "peers on the same frozen features: logreg (logistic regression), fairlearn-eg-eo / fairlearn-eg-dp (ExponentiatedGradient, EqualizedOdds / DemographicParity), "
+                                                      "fairlearn-to-eo / fairlearn-to-dp (ThresholdOptimizer, equalized_odds / demographic_parity).")] = "tl,svd,win",
     seeds: Annotated[int, typer.Option(min=1, help="Number of seeds (0..N-1); each seed re-splits the data, pre-trains (cached) and fine-tunes.")] = 10,
     out: Annotated[Path, typer.Option(help="Output folder for results.csv, summary.csv, selections.json, config.json.")] = Path("runs/latest"),
     save_predictions: Annotated[bool, typer.Option("--save-predictions", help="Also write predictions.csv (method, seed, y_true, y_pred, sensitive) for the test split.")] = False,
@@ -125,6 +128,7 @@ def run(
     operators: Annotated[str, typer.Option(help="Neutralization operators searched for win: mean, geometric, min, harmonic, pooled (= no neutralization).")] = "mean,geometric,min,harmonic,pooled",
     fisher: Annotated[str, typer.Option(help="Fisher information: 'empirical' (data labels) or 'true' (expected over the model's labels).")] = "empirical",
     selection: Annotated[str, typer.Option(help="Validation metric minimized to choose settings: err, delta_eo, delta_dp, err+delta_eo.")] = "err",
+    retrain_scope: Annotated[str, typer.Option(help="What retrain-eo/retrain-dp update: 'all' (every parameter of the pre-trained model, on its inputs) or 'last' (the target layer only, like TL).")] = "all",
     hidden: Annotated[str, typer.Option(help="Hidden widths of the pre-trained MLP.")] = "64,32",
     pretrain_epochs: Annotated[int, typer.Option(min=1, help="Epochs of MLP pre-training on the source split.")] = 20,
     cache_dir: Annotated[Path | None, typer.Option(help="Cache of pre-trained models (default $FAIRTUNE_CACHE or ~/.cache/fairtune).")] = None,
@@ -144,7 +148,7 @@ def run(
         "pretrain": {"hidden": _ints(hidden, "hidden"), "epochs": pretrain_epochs},
         "finetune": {
             "ranks": _ints(ranks, "ranks"), "lrs": _floats(lrs, "lrs"), "epochs": _ints(epochs, "epochs"),
-            "operators": _words(operators), "fisher": fisher, "selection": selection,
+            "operators": _words(operators), "fisher": fisher, "selection": selection, "retrain_scope": retrain_scope,
         },
         "methods": _words(methods), "seeds": tuple(range(seeds)), "target_layer": layer,
         "cache_dir": str(cache_dir) if cache_dir else None,

@@ -42,3 +42,6 @@ NO_LINEAR_LAYER = "model has no nn.Linear layer named {name!r}; linear layers: {
 NOT_LINEAR = "module {name!r} is a {kind}, not an nn.Linear; fairtune only factorizes nn.Linear"
 RANK_TOO_LARGE = "rank {rank} is larger than allowed for a {rows}x{cols} layer (max {max_rank})"
 RANK_TOO_SMALL = "rank must be >= 1, got {rank}"
+NOT_BINARY_HEAD = "layer {name!r} has {outputs} outputs; fairtune fine-tunes binary classifiers (2 outputs: logits of Y=0, Y=1)"
+MISSING_LABELS_OR_GROUPS = "fit needs labels y and sensitive_features (or a DataLoader of (x, y, s) batches)"
+LENGTH_MISMATCH = "X, y and sensitive_features have different lengths: {x}, {y}, {s}"

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from ._validation import binary_labels, finite_features, group_codes
 from .config import FinetuneGrid
-from .errors import DataError, FairtuneError
+from . import errors
+from .errors import DataError, FairtuneError, ModelError
 from .experiments.run import compare_on_features
 from .factorization import count_parameters, find_linear, freeze_all_but_, replace_module_
 from .methods import get_method
@@ -39,6 +40,14 @@ def _as_inputs(x: Any) -> Tensor:
     return inputs
 
 
+def binary_head(model: nn.Module, name: str | None) -> tuple[str, nn.Linear]:
+    """:func:`~fairtune.factorization.find_linear`, requiring the two outputs of a binary classifier."""
+    name, layer = find_linear(model, name)
+    if layer.out_features != 2:
+        raise ModelError(errors.NOT_BINARY_HEAD.format(name=name, outputs=layer.out_features))
+    return name, layer
+
+
 def layer_features(model: nn.Module, layer: nn.Linear, data: Data, group_names: tuple[str, ...] | None = None) -> tuple[TrainingData, tuple[str, ...]]:
     """The ``layer``'s inputs for ``data`` with validated binary labels and group codes."""
     if isinstance(data, tuple) and len(data) == 3:
@@ -47,9 +56,14 @@ def layer_features(model: nn.Module, layer: nn.Linear, data: Data, group_names: 
         batches = data
     xs, ys, ss = [], [], []
     for x, y, s in batches:
-        xs.append(extract_features(model, layer, _as_inputs(x)))
+        if y is None or s is None:
+            raise DataError(errors.MISSING_LABELS_OR_GROUPS)
+        inputs = _as_inputs(x)
         ys.append(np.asarray(y.cpu() if isinstance(y, Tensor) else y).ravel())
         ss.append(np.asarray(s.cpu() if isinstance(s, Tensor) else s).ravel())
+        if not len(inputs) == len(ys[-1]) == len(ss[-1]):
+            raise DataError(errors.LENGTH_MISMATCH.format(x=len(inputs), y=len(ys[-1]), s=len(ss[-1])))
+        xs.append(extract_features(model, layer, inputs))
     if not xs:
         raise DataError("no data: the data loader yielded no batch")
     y_all = binary_labels(np.concatenate(ys), name="y")
@@ -117,7 +131,7 @@ class FairFineTuner:
         grid = FinetuneGrid(ranks=(self.rank,), lrs=(self.lr,), epochs=(self.epochs,), operators=(self.operator,),
                             fisher=self.fisher, batch_size=self.batch_size)
         model = copy.deepcopy(self.model).eval()
-        name, layer = find_linear(model, self.layer)
+        name, layer = binary_head(model, self.layer)
         train, groups = layer_features(model, layer, X if y is None else (X, y, sensitive_features))
         torch.manual_seed(self.seed)
         params = method.candidates(layer, grid)[0]
@@ -162,7 +176,7 @@ def compare(
     """
     grid = grid or FinetuneGrid()
     model = copy.deepcopy(model).eval()  # the caller's model keeps its train/eval mode
-    name, target = find_linear(model, layer)
+    name, target = binary_head(model, layer)
     train_f, groups = layer_features(model, target, train)
     features = {"train": train_f, "val": layer_features(model, target, val, groups)[0], "test": layer_features(model, target, test, groups)[0]}
     rows = []

@@ -21,7 +21,8 @@ from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
 from ..data import load_task
 from ..data._types import Split, Task
 from ..factorization import count_parameters, find_linear
-from ..methods import FittedHead, get_method
+from ..errors import ConfigError
+from ..methods import FineTuningMethod, Fitted, get_method
 from ..metrics import evaluate
 from ..models import extract_features, pretrained_mlp
 from ..training import TrainingData, predict
@@ -35,6 +36,12 @@ SELECTION_SCORES: dict[str, Callable[[dict[str, float]], float]] = {
     "delta_dp": lambda m: m["delta_dp"],
     "err+delta_eo": lambda m: m["err"] / 100 + m["delta_eo"],
 }
+
+
+NEEDS_INPUTS = (
+    "method {method!r} updates the whole model (retrain_scope='all') and needs the model and its tabular inputs; "
+    "use --retrain-scope last to fine-tune the target layer only"
+)
 
 
 class RunConfig(_Settings):
@@ -66,8 +73,39 @@ def split_features(model: nn.Module, layer: nn.Linear, task_splits: dict[str, Sp
     }
 
 
+def split_inputs(task_splits: dict[str, Split]) -> dict[str, TrainingData] | None:
+    """The model's own inputs for each split (tabular tensors), or None for inputs that are not a tensor."""
+    if not all(isinstance(split.inputs, torch.Tensor) for split in task_splits.values()):
+        return None
+    return {name: TrainingData.from_arrays(split.inputs, split.y, split.s) for name, split in task_splits.items()}
+
+
 def _metrics(y_pred: np.ndarray, data: TrainingData) -> dict[str, float]:
     return evaluate(data.y.numpy(), y_pred, data.s.numpy())
+
+
+def _method_data(
+    method: FineTuningMethod, spec: str, grid: FinetuneGrid, features: dict[str, TrainingData],
+    model: nn.Module | None, inputs: dict[str, TrainingData] | None,
+) -> dict[str, TrainingData]:
+    """The splits ``method`` trains and predicts on: the model's inputs if it updates the whole model, else the features."""
+    if not method.needs_model(grid):
+        return features
+    if model is None or inputs is None:
+        raise ConfigError(NEEDS_INPUTS.format(method=spec))
+    return inputs
+
+
+def _fitter(
+    method: FineTuningMethod, layer: nn.Linear, model: nn.Module | None, train: TrainingData, grid: FinetuneGrid, seed: int,
+) -> Callable[[dict[str, Any], int, Callable[[int, Fitted], None] | None], Fitted]:
+    """``fit(params, epochs, on_epoch)`` for ``method``: ``fit_model`` on the whole model, or ``fit`` on the layer."""
+    if method.needs_model(grid):
+        return lambda params, epochs, on_epoch: method.fit_model(
+            model, train, params, epochs=epochs, batch_size=grid.batch_size, seed=seed, on_epoch=on_epoch)
+    context = method.prepare(layer, train, grid)
+    return lambda params, epochs, on_epoch: method.fit(
+        layer, train, context, params, epochs=epochs, batch_size=grid.batch_size, seed=seed, on_epoch=on_epoch)
 
 
 def compare_on_features(
@@ -79,11 +117,16 @@ def compare_on_features(
     seed: int,
     keep_predictions: bool = False,
     progress: Callable[[], None] | None = None,
+    model: nn.Module | None = None,
+    inputs: dict[str, TrainingData] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[pd.DataFrame]]:
     """Fine-tune each method from ``layer`` on ``features['train']``; pick settings on 'val'; score on 'test'.
 
     Each candidate setting is trained once for the largest number of epochs in the grid and
-    scored on validation after each epoch count of the grid (the epochs are checkpoints).
+    scored on validation after each epoch count of the grid (the epochs are checkpoints);
+    a method that does not train by epochs is scored once per candidate. A method that
+    updates the whole model (``needs_model``, e.g. retrain-eo with ``retrain_scope="all"``)
+    trains ``model`` on ``inputs`` (the raw inputs of the same splits) instead.
     Returns result rows, selection records and (optionally) test predictions. The
     pre-trained layer itself is scored as method ``pretrained``.
     """
@@ -102,21 +145,25 @@ def compare_on_features(
     for method_name in methods:
         method = get_method(method_name)
         start = time.perf_counter()
-        context = method.prepare(layer, train, grid)
+        data = _method_data(method, method_name, grid, features, model, inputs)
+        fit = _fitter(method, layer, model, data["train"], grid, seed)
         best: dict[str, Any] = {}
         checkpoints = set(grid.epochs)
 
-        def keep_if_best(epoch: int, fitted: FittedHead, params: dict[str, Any]) -> None:
-            if epoch not in checkpoints:
+        def keep_if_best(epoch: int | None, fitted: Fitted, params: dict[str, Any]) -> None:
+            if epoch is not None and epoch not in checkpoints:
                 return
-            val_metrics = _metrics(fitted.predict(val.x), val)
+            val_metrics = _metrics(fitted.predict(data["val"].x, data["val"].s), val)
             if not best or score(val_metrics) < best["score"]:
-                best.update(score=score(val_metrics), params={**params, "epochs": epoch}, val=val_metrics,
-                            y_pred=fitted.predict(test.x), trainable=fitted.trainable_params)
+                best.update(score=score(val_metrics), params=params if epoch is None else {**params, "epochs": epoch},
+                            val=val_metrics, y_pred=fitted.predict(data["test"].x, data["test"].s),
+                            trainable=fitted.trainable_params)
 
         for params in method.candidates(layer, grid):
-            method.fit(layer, train, context, params, epochs=max(checkpoints), batch_size=grid.batch_size, seed=seed,
-                       on_epoch=lambda epoch, fitted, params=params: keep_if_best(epoch, fitted, params))
+            if method.trains_by_epoch:
+                fit(params, max(checkpoints), lambda epoch, fitted, params=params: keep_if_best(epoch, fitted, params))
+            else:
+                keep_if_best(None, fit(params, max(checkpoints), None), params)
         record(method_name, best["y_pred"], best["trainable"], time.perf_counter() - start)
         selections.append({"method": method_name, "seed": seed, "params": best["params"], "val": best["val"], "selection": grid.selection})
         if progress:
@@ -131,9 +178,11 @@ def run(config: RunConfig, *, keep_predictions: bool = False, progress: bool = T
     the source split (cached), compute the target layer's features once per split, then
     :func:`compare_on_features`.
     """
+    methods = [get_method(name) for name in config.methods]  # unknown names fail before any work
+    whole_model = any(method.needs_model(config.finetune) for method in methods)
     rows, selections, predictions = [], [], []
     bar = tqdm(total=len(config.seeds) * len(config.methods), desc="fine-tuning", unit="fit", disable=not progress)
-    task_cache: dict[int, tuple[Task, dict[str, TrainingData], nn.Linear]] = {}
+    task_cache: dict[int, tuple[Task, dict[str, TrainingData], nn.Linear, nn.Module, dict[str, TrainingData] | None]] = {}
     for seed in config.seeds:
         data_seed = config.data.split_seed if config.data.split_seed is not None else seed
         if data_seed not in task_cache:
@@ -141,11 +190,14 @@ def run(config: RunConfig, *, keep_predictions: bool = False, progress: bool = T
             task = load_task(config.data, seed=data_seed)
             model = pretrained_mlp(task, config.pretrain, seed=data_seed, cache_dir=config.cache_dir)
             _, layer = find_linear(model, config.target_layer)
-            task_cache[data_seed] = (task, split_features(model, layer, {k: v for k, v in task.splits().items() if k != "source"}), layer)
-        task, features, layer = task_cache[data_seed]
+            new_task = {k: v for k, v in task.splits().items() if k != "source"}
+            inputs = split_inputs(new_task) if whole_model else None
+            task_cache[data_seed] = (task, split_features(model, layer, new_task), layer, model, inputs)
+        task, features, layer, model, inputs = task_cache[data_seed]
         bar.set_postfix_str(f"seed {seed}")
         torch.manual_seed(seed)
-        r, s, p = compare_on_features(layer, features, config.methods, config.finetune, seed=seed, keep_predictions=keep_predictions, progress=lambda: bar.update(1))
+        r, s, p = compare_on_features(layer, features, config.methods, config.finetune, seed=seed, keep_predictions=keep_predictions,
+                                      progress=lambda: bar.update(1), model=model, inputs=inputs)
         rows += r
         selections += s
         predictions += p

@@ -1,0 +1,99 @@
+"""Differentiable (relaxed) fairness gaps and the regularizer built from them.
+
+The paper's Retrain+EO / Retrain+DP baselines and its fair pre-trained model add "an
+equalized-odds / demographic-parity regularizer of intensity λ" to the loss without saying
+which one. fairtune relaxes the metrics of :mod:`fairtune.metrics` by replacing the
+predicted label Ŷ with the predicted probability p = P(Ŷ=1 | x):
+
+- relaxed ΔDP = max_{g,h} | mean_{S=g} p − mean_{S=h} p |
+  (for two groups simply the absolute difference of the two group means);
+- relaxed ΔEO = relaxed ΔDP on the samples with Y=1 (the TPR gap)
+              + relaxed ΔDP on the samples with Y=0 (the FPR gap),
+  a sum, as the paper's ΔEO = ΔTPR + ΔFPR.
+
+Groups absent from a batch are skipped; with fewer than two groups present a gap is 0.
+The loss of a batch is then ``cross_entropy + λ · gap``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..training import Penalty
+
+Constraint = Literal["eo", "dp"]
+CONSTRAINTS: tuple[Constraint, ...] = ("eo", "dp")
+BAD_CONSTRAINT = "unknown fairness constraint {kind!r}; use one of: eo, dp"
+BAD_INTENSITY = "fairness intensity λ must be a finite number >= 0, got {value!r}"
+
+
+def relaxed_dp_gap(probs: Tensor, s: Tensor) -> Tensor:
+    """Largest difference between the groups' mean predicted probability, a scalar tensor.
+
+    ``max_g mean_{S=g} p − min_g mean_{S=g} p`` over the groups present in ``s``, which
+    equals ``max_{g,h} |mean_g p − mean_h p|``.
+
+    Parameters
+    ----------
+    probs : ``(n,)`` float, P(Ŷ=1 | x) for each sample.
+    s : ``(n,)`` int64 group codes ``0..G-1``.
+
+    Returns 0 (no gradient) when fewer than two groups are present.
+    """
+    counts = torch.bincount(s, minlength=int(s.max()) + 1 if len(s) else 0)
+    present = counts > 0
+    if int(present.sum()) < 2:
+        return probs.new_zeros(())
+    sums = probs.new_zeros(len(counts)).index_add(0, s, probs)
+    means = sums[present] / counts[present].to(probs.dtype)
+    return means.max() - means.min()
+
+
+def relaxed_eo_gap(probs: Tensor, y: Tensor, s: Tensor) -> Tensor:
+    """Relaxed ΔEO: the relaxed ΔDP among Y=1 samples plus the same among Y=0 samples.
+
+    ``max_{g,h} |E[p | S=g, Y=1] − E[p | S=h, Y=1]| + max_{g,h} |E[p | S=g, Y=0] − E[p | S=h, Y=0]|``;
+    shapes as :func:`relaxed_dp_gap`, ``y`` ``(n,)`` in {0, 1}.
+    """
+    positive = y == 1
+    return relaxed_dp_gap(probs[positive], s[positive]) + relaxed_dp_gap(probs[~positive], s[~positive])
+
+
+def check_intensity(value: float | str) -> float:
+    """λ as a float, or a :class:`ConfigError` unless it is finite and >= 0."""
+    try:
+        lam = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(BAD_INTENSITY.format(value=value)) from None
+    if not (lam >= 0 and lam != float("inf")):
+        raise ConfigError(BAD_INTENSITY.format(value=value))
+    return lam
+
+
+def check_constraint(kind: str) -> Constraint:
+    """``kind`` if it names a constraint (``"eo"`` or ``"dp"``), else a :class:`ConfigError`."""
+    if kind not in CONSTRAINTS:
+        raise ConfigError(BAD_CONSTRAINT.format(kind=kind))
+    return kind  # type: ignore[return-value]
+
+
+def fairness_penalty(kind: Constraint, lam: float) -> Penalty:
+    """The regularizer ``λ · gap`` for :func:`fairtune.training.train_classifier`.
+
+    ``kind`` is ``"eo"`` (:func:`relaxed_eo_gap`) or ``"dp"`` (:func:`relaxed_dp_gap`), computed
+    on p = softmax(logits)[:, 1]. The returned callable has the ``Penalty`` signature
+    ``penalty(logits, y, s, module) -> scalar``.
+    """
+    kind = check_constraint(kind)
+    lam = check_intensity(lam)
+
+    def penalty(logits: Tensor, y: Tensor, s: Tensor, module: nn.Module) -> Tensor:
+        probs = logits.softmax(dim=1)[:, 1]
+        gap = relaxed_eo_gap(probs, y, s) if kind == "eo" else relaxed_dp_gap(probs, s)
+        return lam * gap
+
+    return penalty

@@ -1,0 +1,195 @@
+"""Established peers on the same frozen features: scikit-learn and fairlearn, their own code.
+
+Every peer is fitted on the target layer's inputs (the features that TL, f+SVD and WIN
+fine-tune on) of the same train split, selected on the same validation split and scored on
+the same test split, so the comparison differs only in the learning method.
+
+=================  ===================================================================
+``logreg``         ``sklearn.linear_model.LogisticRegression`` (a new linear head)
+``fairlearn-eg-*`` ``fairlearn.reductions.ExponentiatedGradient`` around that
+                   LogisticRegression, constraint ``EqualizedOdds`` (eo) or
+                   ``DemographicParity`` (dp); ``eps`` ∈ {0.01, 0.05} chosen on validation
+``fairlearn-to-*`` ``fairlearn.postprocessing.ThresholdOptimizer`` (``prefit=False``,
+                   ``predict_method="predict_proba"``) with constraints
+                   ``"equalized_odds"`` or ``"demographic_parity"``
+=================  ===================================================================
+
+Randomized predictions (ExponentiatedGradient's mixture, ThresholdOptimizer's
+interpolation) use ``random_state=seed``. Trainable parameters: a logistic regression
+counts ``coef_.size + intercept_.size`` = d + 1; ExponentiatedGradient counts that for
+every predictor of its mixture with a nonzero weight; ThresholdOptimizer counts its
+logistic regression plus the numbers of its per-group threshold rule (mixing
+probabilities, thresholds, and for equalized odds the shared constant and p_ignore).
+"""
+
+from __future__ import annotations
+
+import numbers
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from fairlearn.postprocessing import ThresholdOptimizer
+from fairlearn.reductions import DemographicParity, EqualizedOdds, ExponentiatedGradient
+from sklearn.linear_model import LogisticRegression
+from torch import Tensor, nn
+
+from ..config import FinetuneGrid
+from ..training import TrainingData
+from .base import Fitted, FineTuningMethod
+
+#: The regularization of every peer's logistic regression (scikit-learn's default C).
+LOGREG_C = 1.0
+#: ExponentiatedGradient's constraint slack, chosen on validation.
+EG_EPS = (0.01, 0.05)
+SENSITIVE_NEEDED = "{kind} needs the sensitive attribute to predict; pass s"
+
+
+def as_float64(x: Tensor) -> np.ndarray:
+    """Features as a float64 array: fairlearn's ThresholdOptimizer fails on float32 scores
+    (it writes float64 interpolations into a float32 pandas Series), so every peer gets float64."""
+    return x.double().numpy()
+
+
+def logistic_regression(params: dict[str, Any], seed: int) -> LogisticRegression:
+    """The peers' base learner: L2 logistic regression, lbfgs, enough iterations to converge."""
+    return LogisticRegression(C=params["C"], max_iter=1000, random_state=seed)
+
+
+def logreg_size(model: LogisticRegression) -> int:
+    """``coef_.size + intercept_.size``: d + 1 for a binary problem."""
+    return int(model.coef_.size + model.intercept_.size)
+
+
+def threshold_rule_size(optimizer: ThresholdOptimizer) -> int:
+    """Numbers in the fitted per-group rule: each numeric entry, and each operation's threshold."""
+    rules = optimizer.interpolated_thresholder_.interpolation_dict.values()
+    return sum(
+        1 for rule in rules for value in rule.values()
+        if isinstance(value, numbers.Real) or hasattr(value, "threshold")
+    )
+
+
+@dataclass
+class FittedPeer:
+    """A fitted scikit-learn / fairlearn model on features; ``predict(x, s)`` -> labels ``(n,)``."""
+
+    estimator: LogisticRegression | ExponentiatedGradient | ThresholdOptimizer
+    trainable_params: int
+    random_state: int
+
+    def predict(self, x: Tensor, s: Tensor | None = None) -> np.ndarray:
+        features = as_float64(x)
+        if isinstance(self.estimator, ThresholdOptimizer):
+            if s is None:
+                raise ValueError(SENSITIVE_NEEDED.format(kind="ThresholdOptimizer"))
+            labels = self.estimator.predict(features, sensitive_features=s.numpy(), random_state=self.random_state)
+        elif isinstance(self.estimator, ExponentiatedGradient):
+            labels = self.estimator.predict(features, random_state=self.random_state)
+        else:
+            labels = self.estimator.predict(features)
+        return np.asarray(labels).astype(np.int64)
+
+
+class Peer(FineTuningMethod):
+    """A non-iterative peer fitted once per candidate on the train split's features."""
+
+    trains_by_epoch = False
+
+    def candidates(self, layer: nn.Linear, grid: FinetuneGrid) -> list[dict[str, Any]]:
+        return [{"C": LOGREG_C}]
+
+    @abstractmethod
+    def fit_estimator(self, train: TrainingData, params: dict[str, Any], seed: int) -> FittedPeer:
+        """Fit the peer on ``train.x`` (features), ``train.y`` and, where it uses it, ``train.s``."""
+
+    def fit(
+        self,
+        layer: nn.Linear,
+        train: TrainingData,
+        context: Any,
+        params: dict[str, Any],
+        *,
+        epochs: int,
+        batch_size: int,
+        seed: int,
+        on_epoch: Callable[[int, Fitted], None] | None = None,
+    ) -> Fitted:
+        """Fit once (``epochs``, ``batch_size`` and ``on_epoch`` do not apply)."""
+        return self.fit_estimator(train, params, seed)
+
+
+class LogisticRegressionHead(Peer):
+    """A plain logistic-regression head on the frozen features (no fairness constraint)."""
+
+    name = "logreg"
+    label = "LogReg"
+    description = "scikit-learn logistic regression on the frozen features"
+
+    def fit_estimator(self, train: TrainingData, params: dict[str, Any], seed: int) -> FittedPeer:
+        model = logistic_regression(params, seed).fit(as_float64(train.x), train.y.numpy())
+        return FittedPeer(model, logreg_size(model), seed)
+
+
+class ExponentiatedGradientPeer(Peer):
+    """fairlearn's ExponentiatedGradient reduction around a logistic regression."""
+
+    constraint: ClassVar[Callable[[], Any]]
+
+    def candidates(self, layer: nn.Linear, grid: FinetuneGrid) -> list[dict[str, Any]]:
+        return [{"C": LOGREG_C, "eps": eps} for eps in EG_EPS]
+
+    def fit_estimator(self, train: TrainingData, params: dict[str, Any], seed: int) -> FittedPeer:
+        reduction = ExponentiatedGradient(logistic_regression(params, seed), self.constraint(), eps=params["eps"])
+        reduction.fit(as_float64(train.x), train.y.numpy(), sensitive_features=train.s.numpy())
+        used = [p for p, w in zip(reduction.predictors_, reduction.weights_) if w > 0]
+        return FittedPeer(reduction, sum(logreg_size(p) for p in used), seed)
+
+
+class ExponentiatedGradientEO(ExponentiatedGradientPeer):
+    name = "fairlearn-eg-eo"
+    label = "EG+EO"
+    description = "fairlearn ExponentiatedGradient (EqualizedOdds) around logistic regression, on the frozen features"
+    constraint = EqualizedOdds
+
+
+class ExponentiatedGradientDP(ExponentiatedGradientPeer):
+    name = "fairlearn-eg-dp"
+    label = "EG+DP"
+    description = "fairlearn ExponentiatedGradient (DemographicParity) around logistic regression, on the frozen features"
+    constraint = DemographicParity
+
+
+class ThresholdOptimizerPeer(Peer):
+    """fairlearn's ThresholdOptimizer post-processing of a logistic regression's probabilities."""
+
+    constraint: ClassVar[str]
+
+    def fit_estimator(self, train: TrainingData, params: dict[str, Any], seed: int) -> FittedPeer:
+        optimizer = ThresholdOptimizer(
+            estimator=logistic_regression(params, seed), constraints=self.constraint,
+            prefit=False, predict_method="predict_proba",
+        )
+        optimizer.fit(as_float64(train.x), train.y.numpy(), sensitive_features=train.s.numpy())
+        return FittedPeer(optimizer, logreg_size(optimizer.estimator_) + threshold_rule_size(optimizer), seed)
+
+
+class ThresholdOptimizerEO(ThresholdOptimizerPeer):
+    name = "fairlearn-to-eo"
+    label = "TO+EO"
+    description = "fairlearn ThresholdOptimizer (equalized_odds) on a logistic regression of the frozen features"
+    constraint = "equalized_odds"
+
+
+class ThresholdOptimizerDP(ThresholdOptimizerPeer):
+    name = "fairlearn-to-dp"
+    label = "TO+DP"
+    description = "fairlearn ThresholdOptimizer (demographic_parity) on a logistic regression of the frozen features"
+    constraint = "demographic_parity"
+
+
+PEERS: tuple[type[Peer], ...] = (
+    LogisticRegressionHead, ExponentiatedGradientEO, ExponentiatedGradientDP, ThresholdOptimizerEO, ThresholdOptimizerDP,
+)

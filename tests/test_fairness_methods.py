@@ -1,0 +1,189 @@
+"""Relaxed fairness gaps, the λ-regularizer, Retrain+EO/DP and the fair pre-training study."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fairtune.config import DataConfig, FinetuneGrid, PretrainConfig, SplitConfig
+from fairtune.data import tabular_task
+from fairtune.errors import ConfigError
+from fairtune.experiments import compare_on_features, split_features
+from fairtune.experiments.fair_pretraining import STUDY_COLUMNS, fair_pretraining_study, summarize_fair_pretraining
+from fairtune.experiments.run import NEEDS_INPUTS, split_inputs
+from fairtune.factorization import count_parameters, find_linear
+from fairtune.methods import get_method
+from fairtune.methods.fairness import BAD_INTENSITY, fairness_penalty, relaxed_dp_gap, relaxed_eo_gap
+from fairtune.metrics import delta_dp
+from fairtune.models import pretrained_mlp
+from fairtune.training import TrainingData, train_classifier
+
+from conftest import generated_frame
+
+
+# --- the relaxed gaps, against their definition ---------------------------------------------
+
+def test_dp_gap_is_zero_for_equal_group_means_and_positive_otherwise():
+    s = torch.tensor([0, 0, 1, 1])
+    assert relaxed_dp_gap(torch.tensor([0.2, 0.8, 0.5, 0.5]), s).item() == pytest.approx(0.0)
+    assert relaxed_dp_gap(torch.tensor([0.2, 0.4, 0.5, 0.9]), s).item() == pytest.approx(0.4)
+
+
+def test_dp_gap_is_the_largest_pairwise_difference_of_group_means():
+    probs = torch.tensor([0.1, 0.3, 0.9, 0.6, 0.4, 0.2])
+    s = torch.tensor([0, 0, 1, 1, 2, 2])  # means 0.2, 0.75, 0.3
+    assert relaxed_dp_gap(probs, s).item() == pytest.approx(0.55)
+
+
+def test_dp_gap_skips_absent_groups_and_is_zero_with_a_single_group():
+    probs = torch.tensor([0.1, 0.5, 0.9])
+    assert relaxed_dp_gap(probs, torch.tensor([0, 2, 2])).item() == pytest.approx(0.6)
+    assert relaxed_dp_gap(probs, torch.tensor([1, 1, 1])).item() == 0.0
+    assert relaxed_dp_gap(torch.tensor([]), torch.tensor([], dtype=torch.long)).item() == 0.0
+
+
+def test_eo_gap_sums_the_gaps_among_positives_and_among_negatives():
+    probs = torch.tensor([0.9, 0.7, 0.2, 0.4, 0.6, 0.1, 0.5, 0.3])
+    y = torch.tensor([1, 1, 0, 0, 1, 1, 0, 0])
+    s = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    tpr_gap = abs((0.9 + 0.7) / 2 - (0.6 + 0.1) / 2)
+    fpr_gap = abs((0.2 + 0.4) / 2 - (0.5 + 0.3) / 2)
+    assert relaxed_eo_gap(probs, y, s).item() == pytest.approx(tpr_gap + fpr_gap)
+    equal = torch.tensor([0.9, 0.5, 0.2, 0.4, 0.5, 0.9, 0.4, 0.2])
+    assert relaxed_eo_gap(equal, y, s).item() == pytest.approx(0.0)
+
+
+def test_penalty_is_lambda_times_the_gap_of_the_softmax_probability():
+    logits = torch.tensor([[0.0, 2.0], [1.0, 0.0], [0.0, 0.5], [0.3, 0.0]])
+    y, s = torch.tensor([1, 0, 1, 0]), torch.tensor([0, 0, 1, 1])
+    probs = logits.softmax(dim=1)[:, 1]
+    assert fairness_penalty("dp", 0.7)(logits, y, s, nn.Identity()).item() == pytest.approx(0.7 * relaxed_dp_gap(probs, s).item())
+    assert fairness_penalty("eo", 0.3)(logits, y, s, nn.Identity()).item() == pytest.approx(0.3 * relaxed_eo_gap(probs, y, s).item())
+
+
+@pytest.mark.parametrize("kind", ["dp", "eo"])
+def test_a_gradient_step_on_the_gap_reduces_it(kind):
+    torch.manual_seed(0)
+    x = torch.randn(200, 3)
+    s = (torch.rand(200) < 0.5).long()
+    x[:, 0] += 1.5 * s  # the first feature reveals the group
+    y = (x[:, 0] + 0.3 * torch.randn(200) > 0.7).long()
+    head = nn.Linear(3, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
+    penalty = fairness_penalty(kind, 1.0)
+    before = penalty(head(x), y, s, head)
+    before.backward()
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter -= 2.0 * parameter.grad
+    after = penalty(head(x), y, s, head)
+    assert before.item() > 0.05
+    assert after.item() < 0.95 * before.item()
+
+
+@pytest.mark.parametrize("value", ["-0.1", "abc", "nan", "inf", ""])
+def test_a_bad_intensity_is_a_config_error(value):
+    with pytest.raises(ConfigError, match="fairness intensity"):
+        get_method(f"retrain-eo:{value}")
+    assert BAD_INTENSITY.format(value="x").startswith("fairness intensity λ")
+
+
+def test_method_specs_parse_lambda_and_refuse_it_elsewhere():
+    assert get_method("retrain-eo").lam == 0.5
+    assert get_method("retrain-dp:0.9").lam == 0.9
+    assert get_method("retrain-eo:0").lam == 0.0
+    with pytest.raises(ConfigError, match="takes no ':value'"):
+        get_method("tl:0.5")
+    with pytest.raises(ConfigError, match="unknown method 'retrain-xx:1'"):
+        get_method("retrain-xx:1")
+
+
+# --- Retrain+EO/DP end to end on a small generated task --------------------------------------
+
+@pytest.fixture(scope="module")
+def small_task(tmp_path_factory):
+    task = tabular_task(generated_frame(1400, seed=1), target="label", sensitive="group", positive="yes",
+                        split=SplitConfig(train=0.3, val=0.15, test=0.2), keep_sensitive=True)
+    model = pretrained_mlp(task, PretrainConfig(hidden=(16, 8), epochs=15, lr=3e-3), seed=0,
+                           cache_dir=tmp_path_factory.mktemp("cache"))
+    _, layer = find_linear(model)
+    splits = {k: v for k, v in task.splits().items() if k != "source"}
+    return task, model, layer, split_features(model, layer, splits), split_inputs(splits)
+
+
+GRID = FinetuneGrid(lrs=(0.01,), epochs=(3, 10))
+
+
+def test_retrain_all_updates_the_whole_model_and_last_only_the_layer(small_task):
+    _, model, layer, features, inputs = small_task
+    weights_before = [p.detach().clone() for p in model.parameters()]
+    rows, selections, _ = compare_on_features(layer, features, ["retrain-eo:0.5", "retrain-dp"], GRID, seed=0, model=model, inputs=inputs)
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["retrain-eo:0.5"]["trainable_params"] == count_parameters(model, trainable_only=False)
+    assert by_method["retrain-dp"]["trainable_params"] == count_parameters(model, trainable_only=False)
+    assert all(torch.equal(a, b) for a, b in zip(weights_before, model.parameters()))  # the caller's model is untouched
+    assert {tuple(sorted(s["params"])) for s in selections} == {("epochs", "lr")}
+    rows, _, _ = compare_on_features(layer, features, ["retrain-eo"], GRID.model_copy(update={"retrain_scope": "last"}), seed=0)
+    assert rows[-1]["trainable_params"] == count_parameters(layer, trainable_only=False)
+
+
+def test_retrain_all_without_the_model_is_a_config_error(small_task):
+    _, _, layer, features, _ = small_task
+    with pytest.raises(ConfigError) as error:
+        compare_on_features(layer, features, ["retrain-dp:0.1"], GRID, seed=0)
+    assert str(error.value) == NEEDS_INPUTS.format(method="retrain-dp:0.1")
+
+
+def test_zero_lambda_is_plain_fine_tuning(small_task):
+    _, model, layer, features, _ = small_task
+    last = GRID.model_copy(update={"retrain_scope": "last"})
+    tl, retrain = (compare_on_features(layer, features, [m], last, seed=3)[0][-1] for m in ("tl", "retrain-dp:0"))
+    assert {k: tl[k] for k in ("err", "delta_dp", "delta_eo")} == {k: retrain[k] for k in ("err", "delta_dp", "delta_eo")}
+
+
+def test_raising_lambda_lowers_the_measured_gap():
+    """Train a fresh classifier on data where the label depends on the group, with λ = 0 and λ = 3."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    s = rng.integers(0, 2, n)
+    x = np.column_stack([rng.normal(size=n) + 1.0 * s, rng.normal(size=n)]).astype(np.float32)
+    y = (x[:, 0] + 0.5 * rng.normal(size=n) > 0.5).astype(np.int64)
+    data = TrainingData.from_arrays(torch.from_numpy(x), y, s)
+    gaps = {}
+    for lam in (0.0, 3.0):
+        per_seed = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            head = nn.Linear(2, 2)
+            train_classifier(head, data, epochs=15, lr=0.05, batch_size=500, seed=seed, penalty=fairness_penalty("dp", lam))
+            per_seed.append(delta_dp((head(data.x).argmax(1)).numpy(), s))
+        gaps[lam] = float(np.mean(per_seed))
+    assert gaps[0.0] > 0.3
+    assert gaps[3.0] < gaps[0.0] - 0.15
+
+
+# --- fair pre-training -----------------------------------------------------------------------
+
+def test_fair_pretraining_study_rows_and_table2_layout(tmp_path, write_csv):
+    path = write_csv(generated_frame(900, seed=2))
+    data = DataConfig(dataset="csv", csv=str(path), target="label", sensitive="group", positive="yes",
+                      split=SplitConfig(train=0.3, val=0.15, test=0.2))
+    study = fair_pretraining_study(data, PretrainConfig(hidden=(8,), epochs=3), FinetuneGrid(lrs=(0.01,), epochs=(2,)),
+                                   constraints=("eo", "dp"), lambdas=(0.1, 0.9), seeds=[0, 1], cache_dir=str(tmp_path / "cache"),
+                                   progress=False)
+    assert list(study.columns) == STUDY_COLUMNS
+    assert len(study) == 2 * 2 * 2
+    assert study[["pretrain_err", "finetune_err"]].apply(lambda c: c.between(0, 100)).all().all()
+    table = summarize_fair_pretraining(study)
+    assert list(table[["constraint", "lambda"]].itertuples(index=False, name=None)) == [("eo", 0.1), ("eo", 0.9), ("dp", 0.1), ("dp", 0.9)]
+    eo = study[(study.constraint == "eo") & (study["lambda"] == 0.9)]
+    row = table.iloc[1]
+    assert row["bias_metric"] == "delta_eo"
+    assert row["bias_pretrain_mean"] == pytest.approx(eo["pretrain_delta_eo"].mean())
+    assert row["bias_change_mean"] == pytest.approx((eo["finetune_delta_eo"] - eo["pretrain_delta_eo"]).mean())
+    assert row["err_finetune_std"] == pytest.approx(eo["finetune_err"].std(ddof=1))
+    with pytest.raises(ConfigError, match="unknown fairness constraint 'tpr'"):
+        fair_pretraining_study(data, PretrainConfig(), FinetuneGrid(), constraints=("tpr",), seeds=[0], progress=False)
