@@ -139,8 +139,8 @@ class FinetuneGrid(_Settings):
     @field_validator("lrs")
     @classmethod
     def _lrs_positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if min(value) <= 0:
-            raise ValueError("learning rates must be > 0")
+        if not all(0 < lr < float("inf") for lr in value):  # also refuses nan
+            raise ValueError("learning rates must be > 0 and finite")
         return value
 
     @field_validator("epochs")
