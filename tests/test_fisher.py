@@ -109,3 +109,25 @@ def test_a_group_without_samples_is_refused() -> None:
     layer, x, y, _ = _problem(n=20, d=3, k=2, n_groups=2)
     with pytest.raises(ValueError, match="have no samples"):
         group_fisher(layer, feature_batches(x, y, torch.zeros(20, dtype=torch.long)), 2)
+
+
+def test_fisher_of_an_mlp_output_layer_from_its_features() -> None:
+    """Through a whole model: autograd w.r.t. ``model.output`` equals the closed form on extracted features."""
+    from fairtune.models import MLP, extract_features
+
+    torch.manual_seed(0)
+    model = MLP(3, hidden=(6, 4)).double()
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 3, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 2, (30,), generator=generator)
+    groups = torch.arange(30) % 2
+    expected = torch.zeros(2, 2, 4, dtype=torch.float64)
+    for xi, yi, gi in zip(x, y, groups):
+        log_probs = torch.log_softmax(model(xi[None]), dim=1)[0]
+        (grad,) = torch.autograd.grad(log_probs[yi], model.output.weight)
+        expected[gi] += grad**2 / 15
+
+    features = extract_features(model, model.output, x)
+    fisher = group_fisher(model.output, feature_batches(features, y, groups), 2)
+
+    torch.testing.assert_close(fisher.weight, expected, rtol=1e-5, atol=1e-8)  # features are float32

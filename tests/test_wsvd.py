@@ -113,3 +113,35 @@ def test_binary_head_rank_3_message() -> None:
 def test_non_positive_or_misshaped_importance_is_refused(importance) -> None:
     with pytest.raises(ValueError, match="positive vector of length 8"):
         weighted_svd(_weight(), 2, importance)
+
+
+def test_win_head_is_eq_1_2_4_computed_by_hand() -> None:
+    """WIN's initial head: autograd Fisher per group -> normalize, mean -> sqrt row sums -> SVD of Î W."""
+    from fairtune.config import FinetuneGrid
+    from fairtune.methods import get_method
+    from fairtune.training import TrainingData
+
+    generator = torch.Generator().manual_seed(11)
+    layer = torch.nn.Linear(6, 2)
+    x = torch.randn(80, 6, generator=generator)
+    y = (x[:, 0] > 0).long()
+    s = (x[:, 1] > 0).long()
+    train = TrainingData(x, y, s)
+
+    per_group = torch.zeros(2, 2, 6, dtype=torch.float64)
+    for xi, yi, si in zip(x, y, s):
+        (grad,) = torch.autograd.grad(torch.log_softmax(layer(xi[None]), dim=1)[0, yi], layer.weight)
+        per_group[si] += grad.double() ** 2
+    per_group /= torch.bincount(s, minlength=2).double()[:, None, None]
+    neutral = (per_group[0] / per_group[0].sum() + per_group[1] / per_group[1].sum()) / 2
+    iota = neutral.sum(dim=0).sqrt()  # (d,)
+    u, sv, vh = torch.linalg.svd(iota[:, None] * layer.weight.detach().double().T, full_matrices=False)
+    expected = ((u[:, :1] * sv[:1]) / iota[:, None] @ vh[:1]).T  # A B in nn.Linear layout, (k, d)
+
+    win = get_method("win")
+    grid = FinetuneGrid(ranks=(1,), operators=("mean",))
+    head = win.initial_head(layer, win.prepare(layer, train, grid), {"rank": 1, "operator": "mean", "lr": 0.01})
+
+    torch.testing.assert_close((head.second.weight @ head.first.weight).double(), expected, rtol=1e-4, atol=1e-6)
+    plain = get_method("svd").initial_head(layer, None, {"rank": 1, "lr": 0.01})
+    assert not torch.allclose(head.second.weight @ head.first.weight, plain.second.weight @ plain.first.weight, atol=1e-3)
