@@ -9,6 +9,10 @@ from ..errors import ConfigError
 from ._types import Split, Task
 from .adult import adult_task, load_adult_frame
 from .tabular import csv_task, read_csv, split_indices, tabular_task
+from .celeba import celeba_task
+from .digits import digits_task
+from .image_folder import ImageFiles, image_folder_task
+from .lfw import lfw_task
 
 
 def _adult(config: DataConfig, seed: int) -> Task:
@@ -24,7 +28,41 @@ def _csv(config: DataConfig, seed: int) -> Task:
 
 
 #: data set name -> loader(config, seed). Image data sets register here too.
-LOADERS: dict[str, Callable[[DataConfig, int], Task]] = {"adult": _adult, "csv": _csv}
+def _data_dir(config: DataConfig) -> str:
+    if config.data_dir is None:
+        raise ConfigError(f"dataset {config.dataset!r} needs --data-dir DIR (see README, 'Image data')")
+    return config.data_dir
+
+
+def _celeba(config: DataConfig, seed: int) -> Task:
+    attributes = {k: v for k, v in (("target", config.target), ("sensitive", config.sensitive)) if v}
+    return celeba_task(_data_dir(config), **attributes, split=config.split, seed=seed, **_image_size(config))
+
+
+def _lfw(config: DataConfig, seed: int) -> Task:
+    attributes = {k: v for k, v in (("target", config.target), ("sensitive", config.sensitive)) if v}
+    return lfw_task(_data_dir(config), **attributes, split=config.split, seed=seed, **_image_size(config))
+
+
+def _image_folder(config: DataConfig, seed: int) -> Task:
+    if config.csv is None:
+        raise ConfigError("dataset 'image-folder' needs --csv FILE with columns path,label,sensitive")
+    columns = {k: v for k, v in (("target", config.target), ("sensitive", config.sensitive)) if v}
+    return image_folder_task(config.csv, **columns, positive=config.positive, split=config.split, seed=seed, **_image_size(config))
+
+
+def _digits(config: DataConfig, seed: int) -> Task:
+    return digits_task(seed=seed, split=config.split, **_image_size(config))
+
+
+def _image_size(config: DataConfig) -> dict[str, int]:
+    return {"image_size": config.image_size} if config.image_size else {}
+
+
+LOADERS: dict[str, Callable[[DataConfig, int], Task]] = {
+    "adult": _adult, "csv": _csv,
+    "celeba": _celeba, "lfw": _lfw, "image-folder": _image_folder, "digits-bias": _digits,
+}
 
 
 def load_task(config: DataConfig, *, seed: int) -> Task:
@@ -36,4 +74,4 @@ def load_task(config: DataConfig, *, seed: int) -> Task:
     return loader(config, seed)
 
 
-__all__ = ["Split", "Task", "LOADERS", "load_task", "adult_task", "load_adult_frame", "csv_task", "read_csv", "tabular_task", "split_indices"]
+__all__ = ["Split", "Task", "LOADERS", "load_task", "adult_task", "load_adult_frame", "csv_task", "read_csv", "tabular_task", "split_indices", "celeba_task", "lfw_task", "image_folder_task", "digits_task", "ImageFiles"]

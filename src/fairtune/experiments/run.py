@@ -24,7 +24,8 @@ from ..factorization import count_parameters, find_linear
 from ..errors import ConfigError
 from ..methods import FineTuningMethod, Fitted, get_method
 from ..metrics import evaluate
-from ..models import extract_features, pretrained_mlp
+from ..models import cached_split_features, extract_features, pretrained_mlp, pretrained_vision
+from ..models.vision import default_arch
 from ..training import TrainingData, predict
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,25 @@ class RunResult:
     results: pd.DataFrame
     selections: list[dict[str, Any]] = field(default_factory=list)
     predictions: pd.DataFrame | None = None
+
+
+def pretrained_model(task: Task, config: RunConfig, seed: int, progress: bool = False) -> nn.Module:
+    """The pre-trained classifier: the MLP for tensor (tabular) inputs, a vision model for image data sets."""
+    if isinstance(task.source.inputs, torch.Tensor):
+        return pretrained_mlp(task, config.pretrain, seed=seed, cache_dir=config.cache_dir)
+    return pretrained_vision(
+        task, config.pretrain, arch=config.data.arch or default_arch(task.name), weights=config.data.weights,
+        seed=seed, cache_dir=config.cache_dir, workers=config.data.workers, progress=progress,
+    )
+
+
+def new_task_features(
+    model: nn.Module, layer: nn.Linear, task_splits: dict[str, Split], config: RunConfig, progress: bool = False,
+) -> dict[str, TrainingData]:
+    """:func:`split_features` for tensor inputs; features cached on disk for image data sets."""
+    if all(isinstance(split.inputs, torch.Tensor) for split in task_splits.values()):
+        return split_features(model, layer, task_splits)
+    return cached_split_features(model, layer, task_splits, cache_dir=config.cache_dir, workers=config.data.workers, progress=progress)
 
 
 def split_features(model: nn.Module, layer: nn.Linear, task_splits: dict[str, Split], progress: bool = False) -> dict[str, TrainingData]:
@@ -188,11 +208,11 @@ def run(config: RunConfig, *, keep_predictions: bool = False, progress: bool = T
         if data_seed not in task_cache:
             bar.set_postfix_str(f"seed {seed}: data + pre-training")
             task = load_task(config.data, seed=data_seed)
-            model = pretrained_mlp(task, config.pretrain, seed=data_seed, cache_dir=config.cache_dir)
+            model = pretrained_model(task, config, data_seed, progress)
             _, layer = find_linear(model, config.target_layer)
             new_task = {k: v for k, v in task.splits().items() if k != "source"}
             inputs = split_inputs(new_task) if whole_model else None
-            task_cache[data_seed] = (task, split_features(model, layer, new_task), layer, model, inputs)
+            task_cache[data_seed] = (task, new_task_features(model, layer, new_task, config, progress), layer, model, inputs)
         task, features, layer, model, inputs = task_cache[data_seed]
         bar.set_postfix_str(f"seed {seed}")
         torch.manual_seed(seed)
