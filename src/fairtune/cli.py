@@ -183,6 +183,34 @@ def run(
                + (", predictions.csv" if result.predictions is not None else ""))
 
 
+@app.command()
+@user_errors
+def reproduce(
+    dataset: Annotated[str, typer.Argument(help="The study to reproduce: 'adult' (the paper's Tables 2-3, Figures 3-4).")],
+    out: Annotated[Path, typer.Option(help="Output folder: tables (CSV + Markdown), figures/, report.md, report.html; finished units are kept in OUT/units/ and reused on restart.")] = Path("runs/reproduce"),
+    seeds: Annotated[int | None, typer.Option(min=1, help="Number of seeds (0..N-1). Default: 10, or 2 with --quick.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="A tiny study for tests and CI: small splits, one λ, a one-point grid.")] = False,
+    methods: Annotated[str | None, typer.Option(help="Table 3's methods besides Retrain+EO/DP (default: tl,svd,win,logreg and the fairlearn peers).")] = None,
+    lambdas: Annotated[str | None, typer.Option(help="Regularizer intensities λ for Retrain+EO/DP and fair pre-training (default 0.1,0.5,0.9).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache of pre-trained models (default $FAIRTUNE_CACHE or ~/.cache/fairtune).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Reproduce the paper's study on a data set; resumable; writes tables, figures and report.md/html."""
+    from ._io import ensure_writable_dir
+    from .experiments.reproduce import reproduce_adult, study_config
+
+    config = study_config(
+        dataset, seeds=seeds, quick=quick, methods=_words(methods) if methods is not None else None,
+        lambdas=_floats(lambdas, "lambdas") if lambdas is not None else None, cache_dir=str(cache_dir) if cache_dir else None,
+    )
+    out_dir = ensure_writable_dir(out)
+    outcome = reproduce_adult(config, out_dir, progress=not quiet, command=sys.argv)
+    for name, table in outcome["tables"].items():
+        typer.echo(f"\n{name}\n{table.to_string(index=False)}")
+    typer.echo(f"\n{outcome['computed']} units computed, {outcome['reused']} reused; {outcome['wall_seconds']:.1f} s; "
+               f"wrote {out_dir}/report.html, report.md, table2/table3/ablation (.csv, .md), figures/")
+
+
 def main() -> None:
     app()
 
