@@ -152,3 +152,14 @@ def test_compare_returns_one_row_per_method_and_seed(problem) -> None:
     assert model.training  # not switched to eval mode behind the caller's back
     for name, value in model.state_dict().items():
         assert torch.equal(value, original[name]), name
+
+
+def test_a_bare_linear_model_is_fine_tuned(problem) -> None:
+    _, X, y, s = problem
+    torch.manual_seed(0)
+    logistic = nn.Linear(5, 2)
+    tuner = FairFineTuner(logistic, rank=1, epochs=3).fit(X, y, sensitive_features=s)
+    assert isinstance(tuner.model_, FactorizedLinear) and tuner.layer_name_ == ""
+    assert tuner.trainable_params_ == 1 * (5 + 2) + 2
+    assert isinstance(logistic, nn.Linear) and not hasattr(logistic, "first")
+    np.testing.assert_array_equal(tuner.predict(X), tuner.model_(X).argmax(dim=1).numpy())

@@ -105,3 +105,14 @@ def test_model_without_linear_layer_is_refused() -> None:
 def test_find_linear_defaults_to_the_last_registered_linear() -> None:
     name, layer = find_linear(Custom())
     assert name == "head.fc" and layer.out_features == 3
+
+
+def test_a_bare_linear_model_cannot_be_replaced_in_place() -> None:
+    layer = nn.Linear(5, 2)
+    assert find_linear(layer) == ("", layer)
+    with pytest.raises(ModelError) as info:
+        factorize_linear_(layer, rank=1)
+    assert str(info.value) == errors.ROOT_NOT_REPLACEABLE
+    wrapped = nn.Sequential(layer)
+    factorize_linear_(wrapped, rank=2)
+    assert isinstance(wrapped[0], FactorizedLinear)

@@ -44,4 +44,5 @@ RANK_TOO_LARGE = "rank {rank} is larger than allowed for a {rows}x{cols} layer (
 RANK_TOO_SMALL = "rank must be >= 1, got {rank}"
 NOT_BINARY_HEAD = "layer {name!r} has {outputs} outputs; fairtune fine-tunes binary classifiers (2 outputs: logits of Y=0, Y=1)"
 MISSING_LABELS_OR_GROUPS = "fit needs labels y and sensitive_features (or a DataLoader of (x, y, s) batches)"
+ROOT_NOT_REPLACEABLE = "the model is itself the nn.Linear to replace; wrap it (nn.Sequential(model)) to replace it in place"
 LENGTH_MISMATCH = "X, y and sensitive_features have different lengths: {x}, {y}, {s}"

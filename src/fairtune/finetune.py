@@ -137,7 +137,10 @@ class FairFineTuner:
         params = method.candidates(layer, grid)[0]
         fitted = method.fit(layer, train, method.prepare(layer, train, grid), params,
                             epochs=self.epochs, batch_size=self.batch_size, seed=self.seed)
-        replace_module_(model, name, fitted.module)
+        if name:
+            replace_module_(model, name, fitted.module)
+        else:  # the model is the target layer itself
+            model = fitted.module
         freeze_all_but_(model, fitted.module)
         self.model_, self.layer_name_, self.group_names_ = model, name, groups
         self.trainable_params_ = count_parameters(model)

@@ -87,6 +87,8 @@ def find_linear(model: nn.Module, name: str | None = None) -> tuple[str, nn.Line
 
 def replace_module_(model: nn.Module, name: str, new_module: nn.Module) -> nn.Module:
     """``setattr`` ``new_module`` in place of the submodule ``name``; return the old one."""
+    if not name:
+        raise ModelError(errors.ROOT_NOT_REPLACEABLE)
     parent_name, _, child_name = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     old = getattr(parent, child_name)
