@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,14 @@ def write_csv(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Point the default model cache ($FAIRTUNE_CACHE) at a temporary folder, never ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FAIRTUNE_CACHE", str(tmp_path_factory.mktemp("fairtune-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")
