@@ -122,7 +122,7 @@ def _fitter(
     """``fit(params, epochs, on_epoch)`` for ``method``: ``fit_model`` on the whole model, or ``fit`` on the layer."""
     if method.needs_model(grid):
         return lambda params, epochs, on_epoch: method.fit_model(
-            model, train, params, epochs=epochs, batch_size=grid.batch_size, seed=seed, on_epoch=on_epoch)
+            model, train, params, epochs=epochs, batch_size=grid.batch_size, seed=seed, grid=grid, on_epoch=on_epoch)
     context = method.prepare(layer, train, grid)
     return lambda params, epochs, on_epoch: method.fit(
         layer, train, context, params, epochs=epochs, batch_size=grid.batch_size, seed=seed, on_epoch=on_epoch)

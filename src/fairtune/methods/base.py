@@ -53,6 +53,8 @@ class FineTuningMethod(ABC):
     label: ClassVar[str]
     description: ClassVar[str]
     trains_by_epoch: ClassVar[bool] = True
+    #: Whether a ``:value`` suffix of the method spec is passed to ``__init__`` (λ, μ).
+    takes_value: ClassVar[bool] = False
 
     def needs_model(self, grid: FinetuneGrid) -> bool:
         """Whether ``fit_model`` (whole model, raw inputs) is used instead of ``fit`` (target layer, features)."""
@@ -71,6 +73,7 @@ class FineTuningMethod(ABC):
         epochs: int,
         batch_size: int,
         seed: int,
+        grid: FinetuneGrid,
         on_epoch: Callable[[int, Fitted], None] | None = None,
     ) -> Fitted:
         """Fine-tune a copy of the whole ``model`` on its inputs (only where ``needs_model``)."""

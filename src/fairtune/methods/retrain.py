@@ -37,6 +37,7 @@ class Retrain(FineTuningMethod):
     """Fine-tune with ``cross_entropy + λ · relaxed gap``; see the module docstring."""
 
     constraint: ClassVar[Constraint]
+    takes_value = True
 
     def __init__(self, lam: float | str = DEFAULT_INTENSITY) -> None:
         self.lam = check_intensity(lam)
@@ -62,6 +63,7 @@ class Retrain(FineTuningMethod):
         epochs: int,
         batch_size: int,
         seed: int,
+        grid: FinetuneGrid,
         on_epoch: Callable[[int, Fitted], None] | None = None,
     ) -> Fitted:
         """Fine-tune every parameter of a copy of ``model`` on its inputs ``train.x``."""
