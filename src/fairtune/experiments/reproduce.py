@@ -252,7 +252,7 @@ def write_reproduction(
 ) -> dict[str, pd.DataFrame]:
     """Write the tables (CSV + Markdown), figures (PNG) and report (md + html) from ``result``.
 
-    Returns the display tables by name (``table2``, ``table3``, ``ablation``).
+    Returns the display tables by name (``table3``, ``table2``, ``ablation``, the Pareto fronts).
     """
     directory = Path(directory)
     summary = tables.summarize_by(result.results, ["method"])
@@ -273,6 +273,7 @@ def write_reproduction(
     _table(ablation, shown["ablation"], directory, "ablation")
 
     pareto = {gap: tables.pareto_table(summary, gap) for gap in ("delta_eo", "delta_dp")}
+    shown.update({f"Pareto front, Err vs {gap}": table for gap, table in pareto.items()})
     write_csv(pd.concat([t.assign(gap=gap) for gap, t in pareto.items()], ignore_index=True), directory / "pareto_front.csv")
 
     drawings: dict[str, tuple[str, Callable[[], Any]]] = {
