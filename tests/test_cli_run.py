@@ -199,3 +199,20 @@ def test_help_mentions_every_flag() -> None:
 def test_version() -> None:
     result = invoke(["--version"])
     assert result.exit_code == 0 and result.stdout.strip() == f"fairtune {__version__}"
+
+
+def test_installed_command_prints_one_line_and_exit_code(tmp_path) -> None:
+    """The real console script (one process): a user error is one stderr line and exit code 2."""
+    import shutil
+    import subprocess
+    import sys
+
+    command = shutil.which("fairtune", path=str(Path(sys.executable).parent))
+    assert command, "the fairtune console script is not installed next to this Python"
+    csv, out = tmp_path / "nosuch.csv", tmp_path / "out"
+    done = subprocess.run(
+        [command, *csv_args(csv, "--out", str(out))], capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"fairtune: error: {errors.MISSING_FILE.format(path=csv)}"
+    assert done.stdout == "" and not out.exists()

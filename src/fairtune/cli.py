@@ -164,7 +164,7 @@ def run(
     out_dir = ensure_writable_dir(out)  # fail fast, before pre-training, if it cannot be written
     started = time.perf_counter()
     try:
-        result = run_experiment(config, keep_predictions=save_predictions, progress=not quiet)
+        result = run_experiment(config, keep_predictions=save_predictions, progress=not quiet and sys.stderr.isatty())
     except BaseException:
         if out_is_new and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a failed run leaves no output behind, not even an empty folder

@@ -203,25 +203,27 @@ def run(config: RunConfig, *, keep_predictions: bool = False, progress: bool = T
     rows, selections, predictions = [], [], []
     bar = tqdm(total=len(config.seeds) * len(config.methods), desc="fine-tuning", unit="fit", disable=not progress)
     task_cache: dict[int, tuple[Task, dict[str, TrainingData], nn.Linear, nn.Module, dict[str, TrainingData] | None]] = {}
-    for seed in config.seeds:
-        data_seed = config.data.split_seed if config.data.split_seed is not None else seed
-        if data_seed not in task_cache:
-            bar.set_postfix_str(f"seed {seed}: data + pre-training")
-            task = load_task(config.data, seed=data_seed)
-            model = pretrained_model(task, config, data_seed, progress)
-            _, layer = find_linear(model, config.target_layer)
-            new_task = {k: v for k, v in task.splits().items() if k != "source"}
-            inputs = split_inputs(new_task) if whole_model else None
-            task_cache[data_seed] = (task, new_task_features(model, layer, new_task, config, progress), layer, model, inputs)
-        task, features, layer, model, inputs = task_cache[data_seed]
-        bar.set_postfix_str(f"seed {seed}")
-        torch.manual_seed(seed)
-        r, s, p = compare_on_features(layer, features, config.methods, config.finetune, seed=seed, keep_predictions=keep_predictions,
-                                      progress=lambda: bar.update(1), model=model, inputs=inputs)
-        rows += r
-        selections += s
-        predictions += p
-    bar.close()
+    try:  # close the bar on errors too, so that an error message starts on its own line
+        for seed in config.seeds:
+            data_seed = config.data.split_seed if config.data.split_seed is not None else seed
+            if data_seed not in task_cache:
+                bar.set_postfix_str(f"seed {seed}: data + pre-training")
+                task = load_task(config.data, seed=data_seed)
+                model = pretrained_model(task, config, data_seed, progress)
+                _, layer = find_linear(model, config.target_layer)
+                new_task = {k: v for k, v in task.splits().items() if k != "source"}
+                inputs = split_inputs(new_task) if whole_model else None
+                task_cache[data_seed] = (task, new_task_features(model, layer, new_task, config, progress), layer, model, inputs)
+            task, features, layer, model, inputs = task_cache[data_seed]
+            bar.set_postfix_str(f"seed {seed}")
+            torch.manual_seed(seed)
+            r, s, p = compare_on_features(layer, features, config.methods, config.finetune, seed=seed, keep_predictions=keep_predictions,
+                                          progress=lambda: bar.update(1), model=model, inputs=inputs)
+            rows += r
+            selections += s
+            predictions += p
+    finally:
+        bar.close()
     return RunResult(
         results=pd.DataFrame(rows),
         selections=selections,
