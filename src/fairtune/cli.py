@@ -211,6 +211,29 @@ def reproduce(
                f"wrote {out_dir}/report.html, report.md, table2/table3/ablation (.csv, .md), figures/")
 
 
+@app.command()
+@user_errors
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Sweep grid, YAML or TOML: datasets, methods, settings, seeds, pretrain, out (see fairtune.experiments.sweep).")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: the config's 'out', else runs/sweep). Finished units are kept in OUT/units/ and skipped on restart.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes (ignored with --scheduler).")] = 1,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address tcp://HOST:PORT (default $DASK_SCHEDULER_ADDRESS); runs the units on that cluster.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run a grid of (data set, method, setting, seed) units in parallel; resumable; writes OUT/results.csv."""
+    from tqdm.auto import tqdm
+
+    from .experiments.sweep import choose_executor, completed_units, load_sweep_config, sweep as run_sweep
+
+    grid = load_sweep_config(config)
+    out_dir = out or Path(grid.out or "runs/sweep")
+    executor = choose_executor(workers=workers, scheduler=scheduler)
+    done, total = len(completed_units(grid, out_dir)), len(grid.units())
+    with tqdm(total=total, initial=done, desc="sweep", unit="unit", disable=quiet) as bar:
+        results = run_sweep(grid, out_dir, executor=executor, on_unit=lambda _unit: bar.update(1))
+    typer.echo(f"{total} units ({done} reused from {out_dir}/units); wrote {out_dir}/results.csv ({len(results)} rows)")
+
+
 def main() -> None:
     app()
 
