@@ -223,10 +223,11 @@ def sweep(
     """Run a grid of (data set, method, setting, seed) units in parallel; resumable; writes OUT/results.csv."""
     from tqdm.auto import tqdm
 
+    from ._io import ensure_writable_dir
     from .experiments.sweep import choose_executor, completed_units, load_sweep_config, sweep as run_sweep
 
     grid = load_sweep_config(config)
-    out_dir = out or Path(grid.out or "runs/sweep")
+    out_dir = ensure_writable_dir(out or Path(grid.out or "runs/sweep"))
     executor = choose_executor(workers=workers, scheduler=scheduler)
     done, total = len(completed_units(grid, out_dir)), len(grid.units())
     with tqdm(total=total, initial=done, desc="sweep", unit="unit", disable=quiet) as bar:

@@ -41,6 +41,10 @@ def pretrained_mlp(
 ) -> MLP:
     """The MLP trained on ``task.source`` (reused from the cache when present).
 
+    A cached file that cannot be loaded (corrupted, or written for another architecture) is
+    logged and replaced by pre-training again; explicit checkpoints given by a user
+    (:func:`~fairtune.models.checkpoint.load_weights_`) fail with :class:`ModelError` instead.
+
     ``penalty`` (with ``penalty_id`` naming it in the cache key) adds a term to the loss,
     e.g. a fairness regularizer for a fair pre-trained model.
     """
@@ -53,7 +57,12 @@ def pretrained_mlp(
     path = Path(cache_dir or default_cache_dir()) / "models" / f"mlp-{key}.safetensors"
     if path.is_file():
         logger.info("reusing pre-trained model %s", path)
-        return load_weights_(model, path).eval()
+        try:
+            return load_weights_(model, path).eval()
+        except ModelError as exc:  # a cache entry is derived data: rebuild it (same seed, same result), don't fail
+            logger.warning("%s; pre-training again and replacing it", exc)
+            torch.manual_seed(seed)
+            model = MLP(task.source.inputs.shape[1], config.hidden)
     train_classifier(
         model, TrainingData.from_arrays(task.source.inputs, task.source.y, task.source.s),
         epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=seed,
