@@ -89,7 +89,7 @@ def vision_model(arch: str = "resnet18", n_classes: int = 2) -> nn.Module:
     return with_new_head_(_torchvision_model(arch), n_classes)
 
 
-class _Labelled(Dataset):
+class LabelledSplit(Dataset):
     """``(inputs[i], y[i], s[i])`` for training on a split whose inputs are a Dataset."""
 
     def __init__(self, split: Split) -> None:
@@ -123,7 +123,7 @@ def train_on_images(
     one batch (batch norm cannot train on a batch of one).
     """
     loader = DataLoader(
-        _Labelled(split), batch_size=batch_size, shuffle=True, num_workers=workers,
+        LabelledSplit(split), batch_size=batch_size, shuffle=True, num_workers=workers,
         drop_last=len(split) % batch_size == 1, generator=torch.Generator().manual_seed(seed),
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
