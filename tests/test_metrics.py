@@ -7,8 +7,12 @@ from itertools import combinations
 import numpy as np
 import pytest
 from fairlearn.metrics import (
-    MetricFrame, demographic_parity_difference, equalized_odds_difference, false_positive_rate,
-    selection_rate, true_positive_rate,
+    MetricFrame,
+    demographic_parity_difference,
+    equalized_odds_difference,
+    false_positive_rate,
+    selection_rate,
+    true_positive_rate,
 )
 from sklearn.metrics import f1_score
 

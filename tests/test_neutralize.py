@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from fairtune.importance import (
-    OPERATORS, GroupFisher, combine_groups, feature_batches, group_fisher, neutralized_fisher,
-    normalize_groups, row_importance,
+    OPERATORS,
+    GroupFisher,
+    combine_groups,
+    feature_batches,
+    group_fisher,
+    neutralized_fisher,
+    normalize_groups,
+    row_importance,
 )
 
 # Two groups' Fisher of a 2x3 layer (k=2 outputs, d=3 inputs); group 1 is 10x larger overall.
