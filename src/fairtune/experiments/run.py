@@ -41,7 +41,7 @@ SELECTION_SCORES: dict[str, Callable[[dict[str, float]], float]] = {
 
 NEEDS_INPUTS = (
     "method {method!r} updates the whole model (retrain_scope='all') and needs the model and its tabular inputs; "
-    "use --retrain-scope last to fine-tune the target layer only"
+    "use --retrain-scope last (FinetuneGrid(retrain_scope='last')) to fine-tune the target layer only"
 )
 
 
