@@ -16,10 +16,19 @@ import pytest
 from PIL import Image
 
 from fairtune.report import (
-    METHOD_LABELS, method_label, pareto_front, pareto_table, summarize_by, table2_display, table2_frame,
-    table3_display, table3_frame,
+    METHOD_LABELS,
+    figures,
+    html,
+    method_label,
+    paper,
+    pareto_front,
+    pareto_table,
+    summarize_by,
+    table2_display,
+    table2_frame,
+    table3_display,
+    table3_frame,
 )
-from fairtune.report import figures, html, paper
 
 #: Three seeds of three methods, numbers chosen so that mean and std are easy by hand.
 RESULTS = pd.DataFrame({
@@ -207,7 +216,7 @@ def images_as_rendered(report: Path) -> list[dict]:
              "--dump-dom", probe.resolve().as_uri()],
             capture_output=True, text=True, timeout=120, check=True,
         ).stdout
-    found = re.search(r'<pre id="image-check">(.*?)</pre>', dom, re.S)
+    found = re.search(r'<pre id="image-check">(.*?)</pre>', dom, re.DOTALL)
     assert found, f"the image check did not run; DOM starts: {dom[:300]!r}"
     return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
 

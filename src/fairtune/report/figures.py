@@ -1,5 +1,8 @@
 """The reproduction's figures, drawn with matplotlib's Agg backend and saved as PNG (atomically).
 
+Figures are built with the object-oriented API (``Figure``, no pyplot), so no global state or
+interactive backend is involved and nothing needs closing.
+
 One colour per method across every figure (:data:`PALETTE`); Err is in %, the gaps ΔDP and
 ΔEO are differences of rates (unitless, in [0, 1] resp. [0, 2]).
 
@@ -16,19 +19,15 @@ import itertools
 import os
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import TwoSlopeNorm  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from .._io import atomic_path  # noqa: E402
-from .tables import method_label, pareto_front  # noqa: E402
+from .._io import atomic_path
+from .tables import method_label, pareto_front
 
 DPI = 120
 
@@ -61,10 +60,10 @@ def method_colors(methods: Sequence[str]) -> dict[str, str]:
 
 
 def save_png(figure: Figure, path: str | os.PathLike[str]) -> None:
-    """Write ``figure`` as PNG to ``path`` atomically and close it."""
+    """Render ``figure`` with the Agg backend and write it as PNG to ``path``, atomically."""
+    FigureCanvasAgg(figure)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(figure)
 
 
 def _std(values: pd.Series) -> np.ndarray:
@@ -81,9 +80,8 @@ def fisher_heatmaps(fisher: np.ndarray, group_names: Sequence[str], *, title: st
     fisher = np.asarray(fisher, dtype=float)
     n_groups, k, d = fisher.shape
     vmax = float(fisher.max()) or 1.0
-    figure, axes = plt.subplots(1, n_groups + 1, figsize=(2.6 * (n_groups + 1) + 2.0, 0.14 * d + 2.6), sharey=True,
-                                squeeze=False, layout="constrained")
-    axes = axes[0]
+    figure = Figure(figsize=(2.6 * (n_groups + 1) + 2.0, 0.14 * d + 2.6), layout="constrained")
+    axes = figure.subplots(1, n_groups + 1, sharey=True, squeeze=False)[0]
     for g in range(n_groups):
         image = axes[g].imshow(fisher[g].T, aspect="auto", cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest")
         axes[g].set_title(f"F_{g + 1} ({group_names[g]})")
@@ -112,7 +110,8 @@ def metric_bars(summary: pd.DataFrame, *, title: str = "") -> Figure:
     methods = list(summary["method"])
     colors = method_colors(methods)
     labels = [method_label(m) for m in methods]
-    figure, axes = plt.subplots(1, 3, figsize=(4.0 + 0.9 * len(methods), 3.8))
+    figure = Figure(figsize=(4.0 + 0.9 * len(methods), 3.8))
+    axes = figure.subplots(1, 3)
     for ax, (key, ylabel) in zip(axes, (("err", "Err (%) = 100 − weighted F1"), ("delta_dp", "ΔDP"), ("delta_eo", "ΔEO"))):
         ax.bar(range(len(methods)), summary[f"{key}_mean"], yerr=_std(summary[f"{key}_std"]), capsize=4,
                color=[colors[m] for m in methods], edgecolor="black", linewidth=0.5)
@@ -136,7 +135,8 @@ def accuracy_fairness(summary: pd.DataFrame, *, title: str = "") -> Figure:
     """
     methods = list(summary["method"])
     colors = method_colors(methods)
-    figure, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    figure = Figure(figsize=(12, 5))
+    axes = figure.subplots(1, 2, sharey=True)
     for ax, (gap, xlabel) in zip(axes, _GAPS):
         x, y = summary[f"{gap}_mean"].to_numpy(float), summary["err_mean"].to_numpy(float)
         front = pareto_front(y, x)

@@ -149,14 +149,14 @@ def reproduction_markdown(
              "Test metrics, mean ± std over seeds; settings chosen on the validation split. " + paper.TABLE3_NOTE + "\n",
              to_markdown(table3),
              "## Pareto front: the lowest-Err method for each bias level\n",
-             "Read a row as: accepting a bias up to this level, this method has the lowest mean Err "
-             "(a method is on the front if no other has both lower Err and lower bias).\n"]
+             ("Read a row as: accepting a bias up to this level, this method has the lowest mean Err "
+              "(a method is on the front if no other has both lower Err and lower bias).\n")]
     for gap, table in pareto.items():
         parts += [f"### Err vs {_METRIC_TITLES[gap]}\n", to_markdown(table)]
     if table2 is not None:
         parts += ["## Table 2: fair pre-training, then fine-tuning\n",
-                  "Pre-trained → fine-tuned, mean ± std over seeds. Bias is the gap the pre-training "
-                  "regularizer targets: ΔEO for EO, ΔDP for DP. Paper columns from its Table 2.\n",
+                  ("Pre-trained → fine-tuned, mean ± std over seeds. Bias is the gap the pre-training "
+                   "regularizer targets: ΔEO for EO, ΔDP for DP. Paper columns from its Table 2.\n"),
                   to_markdown(table2)]
     parts += ["## Ablation: WIN's neutralization operator × rank\n",
               "WIN with the grid restricted to one operator and one rank (pooled = plain Fisher, no neutralization).\n",
