@@ -65,3 +65,20 @@ def adult_task():
     from fairtune.data import adult_task as load
 
     return load(seed=0)
+
+
+def reference_metrics(y_true, y_pred, s) -> dict[str, float]:
+    """The paper's Err, ΔDP, ΔEO computed with scikit-learn and fairlearn (two groups), independently of fairtune."""
+    from fairlearn.metrics import (
+        MetricFrame, demographic_parity_difference, false_positive_rate, true_positive_rate,
+    )
+    from sklearn.metrics import f1_score
+
+    gaps = MetricFrame(
+        metrics={"tpr": true_positive_rate, "fpr": false_positive_rate}, y_true=y_true, y_pred=y_pred, sensitive_features=s,
+    ).difference()
+    return {
+        "err": 100 * (1 - f1_score(y_true, y_pred, average="weighted")),
+        "delta_dp": demographic_parity_difference(y_true, y_pred, sensitive_features=s),
+        "delta_eo": gaps["tpr"] + gaps["fpr"],
+    }
