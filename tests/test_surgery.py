@@ -116,3 +116,13 @@ def test_a_bare_linear_model_cannot_be_replaced_in_place() -> None:
     wrapped = nn.Sequential(layer)
     factorize_linear_(wrapped, rank=2)
     assert isinstance(wrapped[0], FactorizedLinear)
+
+
+def test_layer_without_bias_and_float64() -> None:
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3, bias=False)).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    expected = model(x)
+    new = factorize_linear_(model, "2", rank=3, row_importance=torch.linspace(0.1, 2.0, 6))
+    assert new.second.bias is None and new.first.weight.dtype == torch.float64
+    torch.testing.assert_close(model(x), expected)
+    assert count_parameters(model) == 3 * (6 + 3)
