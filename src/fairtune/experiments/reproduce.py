@@ -191,7 +191,7 @@ def compute_unit(unit: Unit, config: ReproduceConfig, store: ResultStore) -> dic
     methods = () if unit.study == "pretrained" else (unit.fields["method"],)
     rows = run(config.run_config(methods, unit.seed), progress=False).results
     pretrained = rows[rows["method"] == "pretrained"].iloc[0].to_dict()
-    store.put(_pretrained_unit(config, unit.seed).key, {"study": "pretrained", "seed": unit.seed, "row": pretrained})
+    store.put(_pretrained_unit(config, unit.seed).key, {"study": "pretrained", "seed": unit.seed, "fields": {}, "row": pretrained})
     return pretrained if unit.study == "pretrained" else rows[rows["method"] == methods[0]].iloc[0].to_dict()
 
 
