@@ -15,7 +15,8 @@ importance matter (METHOD.md, Eq. 1-4, applied more widely):
   adapted layer, which keeps the weights important for *every* group near their pre-trained
   values while the others move freely.
 
-They train the whole model's forward pass on its raw inputs (``needs_model``): only the
+Deeper scopes train the whole model's forward pass on its raw inputs (``needs_model``;
+tabular data only); the last-layer variants train on the cached features like WIN. Only the
 adapted layers' parameters require grad.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -78,7 +80,27 @@ class DeepVariant(FineTuningMethod):
         self._fisher: dict[tuple[int, str], dict[str, GroupFisher]] = {}
 
     def needs_model(self, grid: FinetuneGrid) -> bool:
-        return True
+        """Deeper scopes train through the model's raw inputs; the last layer trains on cached features."""
+        return self.scope != "last"
+
+    def prepare(self, layer: nn.Linear, train: TrainingData, grid: FinetuneGrid) -> tuple[nn.Module, FinetuneGrid]:
+        """For the last layer on cached features: the layer as a one-layer model, and the grid."""
+        return nn.Sequential(OrderedDict(output=layer)), grid
+
+    def fit(
+        self,
+        layer: nn.Linear,
+        train: TrainingData,
+        context: tuple[nn.Module, FinetuneGrid],
+        params: dict[str, Any],
+        *,
+        epochs: int,
+        batch_size: int,
+        seed: int,
+        on_epoch: Callable[[int, Fitted], None] | None = None,
+    ) -> Fitted:
+        head, grid = context
+        return self.fit_model(head, train, params, epochs=epochs, batch_size=batch_size, seed=seed, grid=grid, on_epoch=on_epoch)
 
     def candidates(self, layer: nn.Linear, grid: FinetuneGrid) -> list[dict[str, Any]]:
         fractions = grid.rank_fractions if self.factorize != "none" else (None,)
