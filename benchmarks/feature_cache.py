@@ -9,9 +9,13 @@ pre-trained model, and score the validation split at the same epoch checkpoints:
 * recompute: every epoch streams the training images through the frozen backbone again
   (and the validation images at each checkpoint), as fine-tuning without a cache would.
 
-Each mode runs in its own process, so its peak resident memory is its own.
+Each mode runs in its own process, so its peak resident memory is its own. A third
+measurement extracts features of the digits tiled ``--repeat`` times (at ``--memory-size``
+pixels) into the cache, once with 1 copy and once with ``--repeat`` copies, to show that peak
+memory does not grow with the number of images (they are streamed; the features go straight
+into a memory-mapped file).
 
-    python benchmarks/feature_cache.py [--seed 0] [--arch small_cnn] [--image-size 8]
+    python benchmarks/feature_cache.py [--seed 0] [--arch small_cnn] [--image-size 8] [--repeat 20]
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from fairtune.config import FinetuneGrid, PretrainConfig
-from fairtune.data.digits import digits_task
+from fairtune.data.digits import PixelImages, digits_task
 from fairtune.experiments.run import compare_on_features
 from fairtune.factorization import find_linear
 from fairtune.methods import get_method
-from fairtune.models import cached_split_features, extract_features, pretrained_vision
+from fairtune.models import cached_features, cached_split_features, extract_features, pretrained_vision, vision_model
 from fairtune.models.vision import LabelledSplit
 from fairtune.training import TrainingData
 
@@ -90,9 +94,26 @@ def run_recompute(args: argparse.Namespace) -> None:
     _report("recompute", time.perf_counter() - started)
 
 
-def _report(mode: str, seconds: float) -> None:
+def run_extract(args: argparse.Namespace) -> None:
+    """Features of all digits tiled ``args.copies`` times, at ``args.memory_size`` pixels."""
+    torch.manual_seed(args.seed)
+    model = vision_model(args.arch).eval()
+    layer = find_linear(model)[1]
+    digits = digits_task(seed=args.seed, image_size=args.memory_size)
+    images = torch.cat([split.inputs.images for split in digits.splits().values()]).repeat(args.copies, 1, 1, 1)
+    dataset = PixelImages(images, digits.test.inputs.transform)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as features_dir:
+        features = cached_features(model, layer, dataset, cache_dir=features_dir)
+        features.sum()  # touch every cached value
+    as_tensor_mb = len(dataset) * dataset[0].numel() * 4 / 2**20
+    _report(f"extract x{args.copies}", time.perf_counter() - started,
+            images=len(dataset), all_images_in_memory_mb=round(as_tensor_mb, 1))
+
+
+def _report(mode: str, seconds: float, **extra: object) -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"mode": mode, "seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1)}))
+    print(json.dumps({"mode": mode, "seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1), **extra}))
 
 
 def main() -> None:
@@ -100,25 +121,34 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arch", default="small_cnn")
     parser.add_argument("--image-size", type=int, default=8)
-    parser.add_argument("--mode", choices=["cached", "recompute"], help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=20, help="copies of the digits for the memory check")
+    parser.add_argument("--memory-size", type=int, default=32, help="image side for the memory check")
+    parser.add_argument("--mode", choices=["cached", "recompute", "extract"], help=argparse.SUPPRESS)
+    parser.add_argument("--copies", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--model-cache", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
-        {"cached": run_cached, "recompute": run_recompute}[args.mode](args)
+        {"cached": run_cached, "recompute": run_recompute, "extract": run_extract}[args.mode](args)
         return
     with tempfile.TemporaryDirectory() as model_cache:
         args.model_cache = model_cache
         _setup(args)  # pre-train once, outside the timed runs
         common = [sys.executable, str(Path(__file__).resolve()), "--seed", str(args.seed), "--arch", args.arch,
-                  "--image-size", str(args.image_size), "--model-cache", model_cache]
+                  "--image-size", str(args.image_size), "--model-cache", model_cache, "--memory-size", str(args.memory_size)]
         results = {}
-        for mode in ("cached", "recompute"):
-            output = subprocess.run([*common, "--mode", mode], check=True, capture_output=True, text=True).stdout
-            results[mode] = json.loads(output.strip().splitlines()[-1])
+        for mode, copies in (("cached", 1), ("recompute", 1), ("extract", 1), ("extract", args.repeat)):
+            output = subprocess.run([*common, "--mode", mode, "--copies", str(copies)], check=True, capture_output=True, text=True).stdout
+            result = json.loads(output.strip().splitlines()[-1])
+            results[result["mode"]] = result
     print(f"digits-bias, seed {args.seed}, {args.arch} at {args.image_size}px, methods {','.join(METHODS)}, default grid; torch threads {torch.get_num_threads()}")
-    for mode, result in results.items():
-        print(f"{mode:>9}: {result['seconds']:8.2f} s   peak RSS {result['peak_rss_mb']:7.1f} MB")
+    for mode in ("cached", "recompute"):
+        print(f"{mode:>9}: {results[mode]['seconds']:8.2f} s   peak RSS {results[mode]['peak_rss_mb']:7.1f} MB")
     print(f"ratio recompute / cached: {results['recompute']['seconds'] / results['cached']['seconds']:.1f}x")
+    print(f"memory check ({args.arch}, {args.memory_size}px, features written to a memory-mapped .npy):")
+    for mode, result in results.items():
+        if mode.startswith("extract"):
+            print(f"  {result['images']:6d} images: {result['seconds']:7.2f} s   peak RSS {result['peak_rss_mb']:7.1f} MB"
+                  f"   (all transformed images as one tensor: {result['all_images_in_memory_mb']:.1f} MB)")
 
 
 if __name__ == "__main__":

@@ -119,8 +119,8 @@ def train_on_images(
 
     The same loss as :func:`~fairtune.training.train_classifier` (cross-entropy plus an
     optional penalty, Adam), but the images are read batch by batch instead of held in
-    memory. Seeded shuffling; the last incomplete batch is dropped when there is more than
-    one batch (batch norm cannot train on a batch of one).
+    memory. Seeded shuffling; a last batch of a single image is dropped (batch norm cannot
+    train on it).
     """
     loader = DataLoader(
         LabelledSplit(split), batch_size=batch_size, shuffle=True, num_workers=workers,
