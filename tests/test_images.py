@@ -302,3 +302,12 @@ def test_cli_missing_lfw_folder(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", "--dataset", "lfw", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out"), "-q"])
     assert result.exit_code == 2
     assert result.stderr.strip() == f"fairtune: error: file not found: {tmp_path / 'lfw_attributes.txt'}"
+
+
+def test_cli_vision_flags_on_tabular_data_are_refused(tmp_path: Path, write_csv) -> None:
+    csv = write_csv(n_rows=300)
+    result = CliRunner().invoke(app, ["run", "--dataset", "csv", "--csv", str(csv), "--target", "label", "--sensitive", "group",
+                                      "--positive", "yes", "--arch", "resnet18", "--out", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("fairtune: error: --weights and --arch are for image data sets; 'csv' is tabular "
+                                     "(its model is the MLP, see --hidden)")

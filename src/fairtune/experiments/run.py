@@ -69,6 +69,8 @@ class RunResult:
 def pretrained_model(task: Task, config: RunConfig, seed: int, progress: bool = False) -> nn.Module:
     """The pre-trained classifier: the MLP for tensor (tabular) inputs, a vision model for image data sets."""
     if isinstance(task.source.inputs, torch.Tensor):
+        if config.data.weights or config.data.arch:
+            raise ConfigError(f"--weights and --arch are for image data sets; {task.name!r} is tabular (its model is the MLP, see --hidden)")
         return pretrained_mlp(task, config.pretrain, seed=seed, cache_dir=config.cache_dir)
     return pretrained_vision(
         task, config.pretrain, arch=config.data.arch or default_arch(task.name), weights=config.data.weights,
