@@ -35,8 +35,8 @@ def data_csv(tmp_path_factory) -> Path:
     return path
 
 
-def good_run(csv: Path, root: Path):
-    out, cache = root / "out", root / "cache"
+def good_run(csv: Path, root: Path, cache: Path | None = None):
+    out, cache = root / "out", cache or root / "cache"
     result = invoke(csv_args(csv, "--positive", "yes", *TINY_GRID, "--cache-dir", str(cache), "--out", str(out), "--save-predictions"))
     assert result.exit_code == 0, result.output
     return out, result
@@ -97,6 +97,19 @@ def test_same_config_and_seed_give_identical_results(finished_run, data_csv, tmp
     pd.testing.assert_frame_equal(first, second)
     pd.testing.assert_frame_equal(pd.read_csv(out / "predictions.csv"), pd.read_csv(again / "predictions.csv"))
     assert json.loads((out / "selections.json").read_text()) == json.loads((again / "selections.json").read_text())
+
+
+def test_a_cached_pretrained_model_gives_the_same_results(finished_run, data_csv, tmp_path) -> None:
+    out, _ = finished_run
+    cache = out.parent / "cache"
+    models = sorted((cache / "models").glob("mlp-*.safetensors"))
+    assert len(models) == 2  # one pre-trained model per seed
+    stamps = [m.stat().st_mtime_ns for m in models]
+    again, _ = good_run(data_csv, tmp_path, cache=cache)
+    assert [m.stat().st_mtime_ns for m in models] == stamps  # reused, not retrained
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "results.csv").drop(columns="fit_seconds"), pd.read_csv(again / "results.csv").drop(columns="fit_seconds"),
+    )
 
 
 def _assert_one_line_error(result, out: Path, expected: str | None = None) -> str:
