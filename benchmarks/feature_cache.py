@@ -38,7 +38,13 @@ from fairtune.data.digits import PixelImages, digits_task
 from fairtune.experiments.run import compare_on_features
 from fairtune.factorization import find_linear
 from fairtune.methods import get_method
-from fairtune.models import cached_features, cached_split_features, extract_features, pretrained_vision, vision_model
+from fairtune.models import (
+    cached_features,
+    cached_split_features,
+    extract_features,
+    pretrained_vision,
+    vision_model,
+)
 from fairtune.models.vision import LabelledSplit
 from fairtune.training import TrainingData
 

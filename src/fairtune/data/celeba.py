@@ -30,8 +30,16 @@ from ..config import SplitConfig
 from ..errors import DataError
 from ._types import Task
 from .image_folder import (
-    DEFAULT_IMAGE_SIZE, ImageFiles, check_files_exist, file_hash, image_task, image_transform, match_attribute,
-    partition_split, require_file, task_fingerprint,
+    DEFAULT_IMAGE_SIZE,
+    ImageFiles,
+    check_files_exist,
+    file_hash,
+    image_task,
+    image_transform,
+    match_attribute,
+    partition_split,
+    require_file,
+    task_fingerprint,
 )
 
 #: New-task sizes: train = a fraction of the official train partition (the rest pre-trains), val and test as Table 1.

@@ -115,8 +115,8 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _count(size: int | float, pool: int, *, what: str) -> int:
-    count = int(round(size * pool)) if isinstance(size, float) else size
+def _count(size: float, pool: int, *, what: str) -> int:
+    count = round(size * pool) if isinstance(size, float) else size
     if count > pool:
         raise DataError(f"the {what} split asks for {count} images but only {pool} are available")
     return count

@@ -33,8 +33,16 @@ from ..config import SplitConfig
 from ..errors import DataError
 from ._types import Task
 from .image_folder import (
-    DEFAULT_IMAGE_SIZE, ImageFiles, check_files_exist, file_hash, image_task, image_transform, match_attribute,
-    partition_split, require_file, task_fingerprint,
+    DEFAULT_IMAGE_SIZE,
+    ImageFiles,
+    check_files_exist,
+    file_hash,
+    image_task,
+    image_transform,
+    match_attribute,
+    partition_split,
+    require_file,
+    task_fingerprint,
 )
 
 #: Table 1's val / test sizes; train = a fraction of the other rows, the rest pre-trains.
@@ -106,7 +114,7 @@ def lfw_task(
     split = split or LFW_SPLIT
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(paths))
-    n_test, n_val = (int(round(v * len(paths))) if isinstance(v, float) else v for v in (split.test, split.val))
+    n_test, n_val = (round(v * len(paths)) if isinstance(v, float) else v for v in (split.test, split.val))
     if n_test + n_val >= len(paths):
         raise DataError(f"val + test sizes {n_val} + {n_test} leave none of the {len(paths)} images for training")
     pools = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
