@@ -182,6 +182,7 @@ def test_rank_too_large_for_a_binary_head(data_csv, tmp_path) -> None:
         (["--lrs", "0.01,nan"], "invalid setting finetune.lrs: Value error, learning rates must be > 0 and finite"),
         (["--hidden", "0"], "invalid setting pretrain.hidden: Value error, hidden widths must be >= 1"),
         (["--selection", "accuracy"], "invalid setting finetune.selection"),
+        (["--methods", ","], "invalid setting methods: Tuple should have at least 1 item"),
     ],
 )
 def test_bad_settings(data_csv, tmp_path, flags, fragment) -> None:

@@ -51,8 +51,8 @@ class RunConfig(_Settings):
     data: DataConfig = Field(default_factory=DataConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     finetune: FinetuneGrid = Field(default_factory=FinetuneGrid)
-    methods: tuple[str, ...] = ("tl", "svd", "win")
-    seeds: tuple[int, ...] = tuple(range(10))
+    methods: tuple[str, ...] = Field(("tl", "svd", "win"), min_length=1)
+    seeds: tuple[int, ...] = Field(tuple(range(10)), min_length=1)
     target_layer: str | None = Field(None, description="name of the nn.Linear to fine-tune; None = the last")
     cache_dir: str | None = None
 
