@@ -18,7 +18,7 @@ from fairtune.config import DataConfig, FinetuneGrid, PretrainConfig, SplitConfi
 from fairtune.data import load_task
 from fairtune.data.celeba import celeba_task
 from fairtune.data.digits import PATCH, digits_task
-from fairtune.data.image_folder import MISSING_ATTRIBUTE, image_folder_task
+from fairtune.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, MISSING_ATTRIBUTE, image_folder_task
 from fairtune.data.lfw import lfw_image_path, lfw_task
 from fairtune.errors import DataError, ModelError
 from fairtune.experiments.run import RunConfig, run
@@ -153,11 +153,19 @@ def test_lfw_reads_attribute_table_and_thresholds_scores(tmp_path: Path) -> None
     assert task.train.inputs[0].shape == (3, 20, 20)
 
 
-def test_lfw_path_and_name_matching(tmp_path: Path) -> None:
+def test_lfw_path_name_matching_and_grayscale_lfw_a(tmp_path: Path) -> None:
     assert lfw_image_path("Aaron Eckhart", 1) == "Aaron_Eckhart/Aaron_Eckhart_0001.jpg"
-    write_lfw(tmp_path)
-    task = lfw_task(tmp_path, target="male", sensitive="HeavyMakeup", split=SplitConfig(train=4, val=6, test=8))
+    table = write_lfw(tmp_path)
+    (tmp_path / "lfw").rename(tmp_path / "lfw2")  # LFW-a's folder, grayscale images
+    first = tmp_path / "lfw2" / lfw_image_path(table["person"][0], 1)
+    Image.fromarray(np.full((10, 12), 200, dtype=np.uint8), mode="L").save(first)
+    task = lfw_task(tmp_path, target="male", sensitive="HeavyMakeup", split=SplitConfig(train=4, val=6, test=8), image_size=8)
     assert task.sensitive_name == "Heavy Makeup"
+    files = next(s.inputs for s in task.splits().values() if first.relative_to(tmp_path / "lfw2").as_posix() in s.inputs.paths)
+    image = files[files.paths.index(first.relative_to(tmp_path / "lfw2").as_posix())]
+    pixels = image * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    assert image.shape == (3, 8, 8)
+    torch.testing.assert_close(pixels, torch.full((3, 8, 8), 200 / 255))
 
 
 def test_lfw_errors(tmp_path: Path) -> None:
