@@ -18,7 +18,12 @@ from fairtune.config import DataConfig, FinetuneGrid, PretrainConfig, SplitConfi
 from fairtune.data import load_task
 from fairtune.data.celeba import celeba_task
 from fairtune.data.digits import PATCH, digits_task
-from fairtune.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, MISSING_ATTRIBUTE, image_folder_task
+from fairtune.data.image_folder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MISSING_ATTRIBUTE,
+    image_folder_task,
+)
 from fairtune.data.lfw import lfw_image_path, lfw_task
 from fairtune.errors import DataError, ModelError
 from fairtune.experiments.run import RunConfig, run
