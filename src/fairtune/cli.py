@@ -185,6 +185,30 @@ def run(
 
 @app.command()
 @user_errors
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Sweep grid, YAML or TOML: datasets, methods, settings, seeds, pretrain, out (see fairtune.experiments.sweep).")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: the config's 'out', else runs/sweep). Finished units are kept in OUT/units/ and skipped on restart.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes (ignored with --scheduler).")] = 1,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address tcp://HOST:PORT (default $DASK_SCHEDULER_ADDRESS); runs the units on that cluster.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run a grid of (data set, method, setting, seed) units in parallel; resumable; writes OUT/results.csv."""
+    from tqdm.auto import tqdm
+
+    from ._io import ensure_writable_dir
+    from .experiments.sweep import choose_executor, completed_units, load_sweep_config, sweep as run_sweep
+
+    grid = load_sweep_config(config)
+    out_dir = ensure_writable_dir(out or Path(grid.out or "runs/sweep"))
+    executor = choose_executor(workers=workers, scheduler=scheduler)
+    done, total = len(completed_units(grid, out_dir)), len(grid.units())
+    with tqdm(total=total, initial=done, desc="sweep", unit="unit", disable=quiet) as bar:
+        results = run_sweep(grid, out_dir, executor=executor, on_unit=lambda _unit: bar.update(1))
+    typer.echo(f"{total} units ({done} reused from {out_dir}/units); wrote {out_dir}/results.csv ({len(results)} rows)")
+
+
+@app.command()
+@user_errors
 def reproduce(
     dataset: Annotated[str, typer.Argument(help="The study to reproduce: 'adult' (the paper's Tables 2-3, Figures 3-4).")],
     out: Annotated[Path, typer.Option(help="Output folder: tables (CSV + Markdown), figures/, report.md, report.html; finished units are kept in OUT/units/ and reused on restart.")] = Path("runs/reproduce"),
@@ -213,26 +237,50 @@ def reproduce(
 
 @app.command()
 @user_errors
-def sweep(
-    config: Annotated[Path, typer.Argument(help="Sweep grid, YAML or TOML: datasets, methods, settings, seeds, pretrain, out (see fairtune.experiments.sweep).")],
-    out: Annotated[Path | None, typer.Option(help="Output folder (default: the config's 'out', else runs/sweep). Finished units are kept in OUT/units/ and skipped on restart.")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Local worker processes (ignored with --scheduler).")] = 1,
-    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address tcp://HOST:PORT (default $DASK_SCHEDULER_ADDRESS); runs the units on that cluster.")] = None,
+def study(
+    subject: Annotated[str, typer.Argument(help="What to study: 'neutralization' (WIN variants vs baselines on the accuracy-fairness front).")],
+    dataset: Annotated[str, typer.Option(help="Data set: adult, csv (with --csv/--target/--sensitive) or an image data set (last-layer variants only).")] = "adult",
+    seeds: Annotated[int, typer.Option(min=1, help="Number of seeds (0..N-1).")] = 10,
+    out: Annotated[Path, typer.Option(help="Output folder: study.md, study.csv, study_summary.csv, dominance.csv, pareto_*.png; finished units kept in OUT/units/.")] = Path("runs/study"),
+    variants: Annotated[str | None, typer.Option(help="WIN variants (default: win, win-hidden, svd-hidden, win-all, svd-all, tl-anchor, win-anchor, win-hidden-anchor).")] = None,
+    baselines: Annotated[str | None, typer.Option(help="Baselines (default: tl, svd, retrain-eo:0.5, retrain-dp:0.5, logreg, fairlearn-eg-eo, fairlearn-to-eo).")] = None,
+    sources: Annotated[str, typer.Option(help="Pre-training source conditions: none (as drawn), base_rate (equal positive rates), size (equal group sizes).")] = "none,base_rate",
+    rank_sweep: Annotated[str, typer.Option(help="Rank fractions f of the hidden-layer rank sweep (rank = ceil(f·min(d,k))).")] = "0.03125,0.125,0.25,0.5,1",
+    csv: Annotated[Path | None, typer.Option(help="CSV file for --dataset csv.")] = None,
+    target: Annotated[str | None, typer.Option(help="Label column for --dataset csv.")] = None,
+    sensitive: Annotated[str | None, typer.Option(help="Sensitive column for --dataset csv.")] = None,
+    positive: Annotated[str | None, typer.Option(help="Positive label value for --dataset csv.")] = None,
+    lrs: Annotated[str, typer.Option(help="Learning rates searched on validation.")] = "0.01",
+    epochs: Annotated[str, typer.Option(help="Epoch checkpoints searched on validation.")] = "5,20",
+    operators: Annotated[str, typer.Option(help="Neutralization operators searched on validation (pooled = no neutralization).")] = "mean,min,pooled",
+    rank_fractions: Annotated[str, typer.Option(help="Rank fractions searched on validation by the deep variants.")] = "0.25,1",
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache of pre-trained models.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Run a grid of (data set, method, setting, seed) units in parallel; resumable; writes OUT/results.csv."""
-    from tqdm.auto import tqdm
-
+    """Study where the neutralized importance changes the outcome; resumable; writes study.md and plots."""
     from ._io import ensure_writable_dir
-    from .experiments.sweep import choose_executor, completed_units, load_sweep_config, sweep as run_sweep
+    from .experiments.study import StudyConfig, neutralization_study, write_study
 
-    grid = load_sweep_config(config)
-    out_dir = ensure_writable_dir(out or Path(grid.out or "runs/sweep"))
-    executor = choose_executor(workers=workers, scheduler=scheduler)
-    done, total = len(completed_units(grid, out_dir)), len(grid.units())
-    with tqdm(total=total, initial=done, desc="sweep", unit="unit", disable=quiet) as bar:
-        results = run_sweep(grid, out_dir, executor=executor, on_unit=lambda _unit: bar.update(1))
-    typer.echo(f"{total} units ({done} reused from {out_dir}/units); wrote {out_dir}/results.csv ({len(results)} rows)")
+    if subject != "neutralization":
+        raise ConfigError(f"unknown study {subject!r}; available: neutralization")
+    run_settings = {
+        "data": {"dataset": dataset, "csv": str(csv) if csv else None, "target": target, "sensitive": sensitive, "positive": positive},
+        "finetune": {"lrs": _floats(lrs, "lrs"), "epochs": _ints(epochs, "epochs"), "operators": _words(operators),
+                     "rank_fractions": _floats(rank_fractions, "rank-fractions")},
+        "seeds": tuple(range(seeds)), "cache_dir": str(cache_dir) if cache_dir else None,
+    }
+    settings: dict[str, object] = {"run": run_settings, "sources": _words(sources), "rank_sweep": _floats(rank_sweep, "rank-sweep")}
+    if variants is not None:
+        settings["variants"] = _words(variants)
+    if baselines is not None:
+        settings["baselines"] = _words(baselines)
+    config = StudyConfig.model_validate(settings)
+    out_dir = ensure_writable_dir(out)
+    started = time.perf_counter()
+    results = neutralization_study(config, out_dir, progress=not quiet)
+    markdown = write_study(results, config, out_dir)
+    typer.echo(markdown.split("\n\n### ")[0])
+    typer.echo(f"\n{time.perf_counter() - started:.1f} s; wrote {out_dir}/study.md, study.csv, study_summary.csv, dominance.csv, pareto_*.png")
 
 
 def main() -> None:
