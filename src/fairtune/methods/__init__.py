@@ -35,4 +35,4 @@ def get_method(spec: str) -> FineTuningMethod:
     return cls(value)
 
 
-__all__ = ["METHODS", "get_method", "FineTuningMethod", "Fitted", "FittedHead", "FittedPeer"]
+__all__ = ["METHODS", "FineTuningMethod", "Fitted", "FittedHead", "FittedPeer", "get_method"]

@@ -106,12 +106,28 @@ class FineTuningMethod(ABC):
         head = self.initial_head(layer, context, params)
         for parameter in head.parameters():
             parameter.requires_grad_(True)
-        fitted = FittedHead(head, count_parameters(head))
-        train_classifier(
-            head, train, epochs=epochs, lr=params["lr"], batch_size=batch_size, seed=seed, penalty=self.penalty(),
-            on_epoch=None if on_epoch is None else (lambda epoch, _module: on_epoch(epoch, fitted)),
-        )
-        return fitted
+        return train_fitted(head, train, lr=params["lr"], epochs=epochs, batch_size=batch_size, seed=seed,
+                            penalty=self.penalty(), on_epoch=on_epoch)
+
+
+def train_fitted(
+    module: nn.Module,
+    train: TrainingData,
+    *,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    penalty: Penalty | None = None,
+    on_epoch: Callable[[int, Fitted], None] | None = None,
+) -> FittedHead:
+    """Train ``module``'s trainable parameters in place; ``on_epoch`` sees the result after every epoch."""
+    fitted = FittedHead(module, count_parameters(module))
+    train_classifier(
+        module, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, penalty=penalty,
+        on_epoch=None if on_epoch is None else (lambda epoch, _module: on_epoch(epoch, fitted)),
+    )
+    return fitted
 
 
 def training_grid(grid: FinetuneGrid) -> list[dict[str, Any]]:

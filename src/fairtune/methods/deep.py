@@ -33,11 +33,23 @@ from torch import Tensor, nn
 
 from ..config import FinetuneGrid
 from ..errors import ConfigError, ModelError
-from ..factorization import FactorizedLinear, count_parameters, find_linear, freeze_all_but_, linear_layer_names, replace_module_
-from ..importance import GroupFisher, feature_batches, inner_layer_fisher, neutralized_fisher, row_importance
-from ..training import TrainingData, train_classifier
+from ..factorization import (
+    FactorizedLinear,
+    find_linear,
+    freeze_all_but_,
+    linear_layer_names,
+    replace_module_,
+)
+from ..importance import (
+    GroupFisher,
+    feature_batches,
+    inner_layer_fisher,
+    neutralized_fisher,
+    row_importance,
+)
+from ..training import TrainingData
 from .anchor import anchor_penalty, effective_weight
-from .base import Fitted, FittedHead, FineTuningMethod
+from .base import FineTuningMethod, Fitted, train_fitted
 
 Scope = Literal["last", "hidden", "all"]
 Factorize = Literal["none", "plain", "weighted"]
@@ -155,12 +167,8 @@ class DeepVariant(FineTuningMethod):
         if self.anchored and self.anchor > 0:
             def penalty(_logits: Tensor, _y: Tensor, _s: Tensor, _module: nn.Module) -> Tensor:
                 return sum(anchor_penalty(effective_weight(m), w0, imp, self.anchor) for m, w0, imp in anchors)
-        fitted = FittedHead(tuned, count_parameters(tuned))
-        train_classifier(
-            tuned, train, epochs=epochs, lr=params["lr"], batch_size=batch_size, seed=seed, penalty=penalty,
-            on_epoch=None if on_epoch is None else (lambda epoch, _m: on_epoch(epoch, fitted)),
-        )
-        return fitted
+        return train_fitted(tuned, train, lr=params["lr"], epochs=epochs, batch_size=batch_size, seed=seed,
+                            penalty=penalty, on_epoch=on_epoch)
 
 
 def _variant(name: str, label: str, scope: Scope, factorize: Factorize, anchored: bool, description: str) -> type[DeepVariant]:

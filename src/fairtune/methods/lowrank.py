@@ -9,7 +9,13 @@ from torch import nn
 
 from ..config import FinetuneGrid
 from ..factorization import FactorizedLinear, check_rank
-from ..importance import GroupFisher, feature_batches, group_fisher, neutralized_fisher, row_importance
+from ..importance import (
+    GroupFisher,
+    feature_batches,
+    group_fisher,
+    neutralized_fisher,
+    row_importance,
+)
 from ..training import TrainingData
 from .base import FineTuningMethod, training_grid
 

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ..config import FinetuneGrid
 from ..training import TrainingData
-from .base import Fitted, FineTuningMethod
+from .base import FineTuningMethod, Fitted
 
 #: The regularization of every peer's logistic regression (scikit-learn's default C).
 LOGREG_C = 1.0

@@ -24,9 +24,8 @@ from typing import Any, ClassVar
 from torch import nn
 
 from ..config import FinetuneGrid
-from ..factorization import count_parameters
-from ..training import Penalty, TrainingData, train_classifier
-from .base import Fitted, FittedHead, FineTuningMethod, training_grid
+from ..training import Penalty, TrainingData
+from .base import FineTuningMethod, Fitted, train_fitted, training_grid
 from .fairness import Constraint, check_intensity, fairness_penalty
 
 #: λ of a bare ``retrain-eo`` / ``retrain-dp``.
@@ -70,12 +69,8 @@ class Retrain(FineTuningMethod):
         tuned = copy.deepcopy(model)
         for parameter in tuned.parameters():
             parameter.requires_grad_(True)
-        fitted = FittedHead(tuned, count_parameters(tuned))
-        train_classifier(
-            tuned, train, epochs=epochs, lr=params["lr"], batch_size=batch_size, seed=seed, penalty=self.penalty(),
-            on_epoch=None if on_epoch is None else (lambda epoch, _module: on_epoch(epoch, fitted)),
-        )
-        return fitted
+        return train_fitted(tuned, train, lr=params["lr"], epochs=epochs, batch_size=batch_size, seed=seed,
+                            penalty=self.penalty(), on_epoch=on_epoch)
 
 
 class RetrainEO(Retrain):
