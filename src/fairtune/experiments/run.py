@@ -20,8 +20,8 @@ from .._validation import check_groups_present
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
 from ..data import load_task
 from ..data._types import Split, Task
-from ..factorization import count_parameters, find_linear
 from ..errors import ConfigError
+from ..factorization import count_parameters, find_linear
 from ..methods import FineTuningMethod, Fitted, get_method
 from ..metrics import evaluate
 from ..models import cached_split_features, extract_features, pretrained_mlp, pretrained_vision
@@ -130,6 +130,39 @@ def _fitter(
         layer, train, context, params, epochs=epochs, batch_size=grid.batch_size, seed=seed, on_epoch=on_epoch)
 
 
+def select_on_validation(
+    method: FineTuningMethod,
+    fit: Callable[[dict[str, Any], int, Callable[[int, Fitted], None] | None], Fitted],
+    candidates: Sequence[dict[str, Any]],
+    data: dict[str, TrainingData],
+    grid: FinetuneGrid,
+) -> dict[str, Any]:
+    """Train every candidate and keep the one with the lowest validation score (``grid.selection``).
+
+    A method that trains by epochs is scored at each epoch count of the grid, as checkpoints of
+    one run of ``max(grid.epochs)`` epochs. Returns ``score, params, val`` (metrics),
+    ``y_pred`` (test predictions) and ``trainable``.
+    """
+    score, checkpoints, best = SELECTION_SCORES[grid.selection], set(grid.epochs), {}
+    val = data["val"]
+
+    def keep_if_best(epoch: int | None, fitted: Fitted, params: dict[str, Any]) -> None:
+        if epoch is not None and epoch not in checkpoints:
+            return
+        val_metrics = _metrics(fitted.predict(val.x, val.s), val)
+        if not best or score(val_metrics) < best["score"]:
+            best.update(score=score(val_metrics), params=params if epoch is None else {**params, "epochs": epoch},
+                        val=val_metrics, y_pred=fitted.predict(data["test"].x, data["test"].s),
+                        trainable=fitted.trainable_params)
+
+    for params in candidates:
+        if method.trains_by_epoch:
+            fit(params, max(checkpoints), lambda epoch, fitted, params=params: keep_if_best(epoch, fitted, params))
+        else:
+            keep_if_best(None, fit(params, max(checkpoints), None), params)
+    return best
+
+
 def compare_on_features(
     layer: nn.Linear,
     features: dict[str, TrainingData],
@@ -152,10 +185,9 @@ def compare_on_features(
     Returns result rows, selection records and (optionally) test predictions. The
     pre-trained layer itself is scored as method ``pretrained``.
     """
-    train, val, test = features["train"], features["val"], features["test"]
+    train, test = features["train"], features["test"]
     for name, data in features.items():
         check_groups_present(data.s.numpy(), int(train.s.max()) + 1, where=name)
-    score = SELECTION_SCORES[grid.selection]
     rows, selections, predictions = [], [], []
 
     def record(method: str, y_pred: np.ndarray, trainable: int, fit_seconds: float) -> None:
@@ -169,23 +201,7 @@ def compare_on_features(
         start = time.perf_counter()
         data = _method_data(method, method_name, grid, features, model, inputs)
         fit = _fitter(method, layer, model, data["train"], grid, seed)
-        best: dict[str, Any] = {}
-        checkpoints = set(grid.epochs)
-
-        def keep_if_best(epoch: int | None, fitted: Fitted, params: dict[str, Any]) -> None:
-            if epoch is not None and epoch not in checkpoints:
-                return
-            val_metrics = _metrics(fitted.predict(data["val"].x, data["val"].s), val)
-            if not best or score(val_metrics) < best["score"]:
-                best.update(score=score(val_metrics), params=params if epoch is None else {**params, "epochs": epoch},
-                            val=val_metrics, y_pred=fitted.predict(data["test"].x, data["test"].s),
-                            trainable=fitted.trainable_params)
-
-        for params in method.candidates(layer, grid):
-            if method.trains_by_epoch:
-                fit(params, max(checkpoints), lambda epoch, fitted, params=params: keep_if_best(epoch, fitted, params))
-            else:
-                keep_if_best(None, fit(params, max(checkpoints), None), params)
+        best = select_on_validation(method, fit, method.candidates(layer, grid), data, grid)
         record(method_name, best["y_pred"], best["trainable"], time.perf_counter() - start)
         selections.append({"method": method_name, "seed": seed, "params": best["params"], "val": best["val"], "selection": grid.selection})
         if progress:
