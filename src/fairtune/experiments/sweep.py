@@ -19,9 +19,10 @@ run in local processes (:class:`~concurrent.futures.ProcessPoolExecutor`) or on 
 (``distributed.Client(scheduler)``). Every finished unit is stored at once as one atomic JSON
 file under ``OUT/units/`` (:class:`~fairtune.experiments.store.ResultStore`), so a killed sweep
 restarted with the same config skips what finished. ``OUT/results.csv`` is written (atomically)
-when every unit is done. Pre-trained models are computed once per (data set, seed) before the
-units start and shared through the on-disk cache; on a multi-machine cluster ``cache_dir``
-must be on a shared file system (or each machine pre-trains its own copy, with the same result).
+when every unit is done. Pre-trained models (and, for image data, backbone features) are computed
+once per (data set, seed) before the units start and shared through the on-disk caches; on a
+multi-machine cluster ``cache_dir`` must be on a shared file system (or each machine computes its
+own copy, with the same result).
 """
 
 from __future__ import annotations
@@ -150,14 +151,20 @@ def _torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def pretrain_unit(config: RunConfig) -> None:
-    """Load the data and pre-train (or find in the cache) the model of ``config``'s single seed."""
+def prepare_unit(config: RunConfig) -> None:
+    """Once per (data set, seed), before its units: pre-train the model into the cache and, for
+    image data, compute the backbone features into the feature cache; the units then only load them."""
     from ..data import load_task
-    from ..models import pretrained_mlp
+    from ..factorization import find_linear
+    from .run import new_task_features, pretrained_model
 
     seed = config.seeds[0] if config.data.split_seed is None else config.data.split_seed
     with _torch_threads(1):
-        pretrained_mlp(load_task(config.data, seed=seed), config.pretrain, seed=seed, cache_dir=config.cache_dir)
+        task = load_task(config.data, seed=seed)
+        model = pretrained_model(task, config, seed)
+        if not isinstance(task.train.inputs, torch.Tensor):  # tabular features are cheaper to recompute than to store
+            _, layer = find_linear(model, config.target_layer)
+            new_task_features(model, layer, {k: v for k, v in task.splits().items() if k != "source"}, config)
 
 
 def run_unit(config: RunConfig) -> dict[str, Any]:
@@ -167,7 +174,7 @@ def run_unit(config: RunConfig) -> dict[str, Any]:
     return {"columns": list(result.results.columns), "rows": result.results.to_dict(orient="records"), "selections": result.selections}
 
 
-def _pretrain_configs(sweep: SweepConfig, pending: list[dict[str, Any]]) -> list[RunConfig]:
+def _prepare_configs(sweep: SweepConfig, pending: list[dict[str, Any]]) -> list[RunConfig]:
     """One config per distinct (data set, pre-training seed) among the pending units."""
     configs: dict[tuple[str, int], RunConfig] = {}
     for unit in pending:
@@ -291,7 +298,7 @@ def sweep(
     write_json({"sweep": config.model_dump(mode="json"), "units": len(config.units())}, out_dir / "sweep.json")
     if pending:
         with (executor or SerialExecutor()) as tasks:
-            for _ in tasks.imap(pretrain_unit, _pretrain_configs(config, pending)):
+            for _ in tasks.imap(prepare_unit, _prepare_configs(config, pending)):
                 pass
             for index, record in tasks.imap(run_unit, [config.run_config(unit) for unit in pending]):
                 unit = pending[index]
