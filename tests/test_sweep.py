@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from fairtune.experiments import RunConfig, run
-from fairtune.experiments.sweep import SweepConfig, choose_executor, completed_units, load_sweep_config, sweep
+from fairtune.experiments.sweep import SerialExecutor, SweepConfig, choose_executor, completed_units, load_sweep_config, run_parallel, sweep
 
 METRICS = ["err", "delta_dp", "delta_eo", "trainable_params"]
 TINY_GRID = {"ranks": [1], "lrs": [0.01], "epochs": [2], "operators": ["mean"]}
@@ -96,3 +96,13 @@ def test_sweep_killed_midway_resumes_without_recomputing(write_csv, tmp_path: Pa
     uninterrupted = sweep(grid, tmp_path / "reference")
     pd.testing.assert_frame_equal(resumed.drop(columns="fit_seconds"),
                                   uninterrupted.drop(columns="fit_seconds"), check_dtype=False)
+
+
+def test_run_parallel_gives_the_rows_of_run(tiny: SweepConfig) -> None:
+    config = RunConfig(data=tiny.datasets["toy"], pretrain=tiny.pretrain, finetune=tiny.settings["tiny"],
+                       methods=("tl", "svd", "win"), seeds=(0, 1), cache_dir=tiny.cache_dir)
+    serial = run(config, keep_predictions=True, progress=False)
+    parallel = run_parallel(config, SerialExecutor(), keep_predictions=True)
+    pd.testing.assert_frame_equal(parallel.results.drop(columns="fit_seconds"), serial.results.drop(columns="fit_seconds"))
+    pd.testing.assert_frame_equal(parallel.predictions, serial.predictions)
+    assert parallel.selections == serial.selections

@@ -137,6 +137,7 @@ def run(
     hidden: Annotated[str, typer.Option(help="Hidden widths of the pre-trained MLP.")] = "64,32",
     pretrain_epochs: Annotated[int, typer.Option(min=1, help="Epochs of MLP pre-training on the source split.")] = 20,
     cache_dir: Annotated[Path | None, typer.Option(help="Cache of pre-trained models (default $FAIRTUNE_CACHE or ~/.cache/fairtune).")] = None,
+    processes: Annotated[int, typer.Option(min=1, help="Run the (method, seed) fits in this many local processes (same results; see fairtune sweep for grids and clusters).")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Compare fine-tuning methods on one data set over seeds; print mean ± std and write CSV/JSON files."""
@@ -164,7 +165,12 @@ def run(
     out_dir = ensure_writable_dir(out)  # fail fast, before pre-training, if it cannot be written
     started = time.perf_counter()
     try:
-        result = run_experiment(config, keep_predictions=save_predictions, progress=not quiet and sys.stderr.isatty())
+        if processes > 1:
+            from .experiments.sweep import ProcessExecutor, run_parallel
+
+            result = run_parallel(config, ProcessExecutor(processes), keep_predictions=save_predictions)
+        else:
+            result = run_experiment(config, keep_predictions=save_predictions, progress=not quiet and sys.stderr.isatty())
     except BaseException:
         if out_is_new and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a failed run leaves no output behind, not even an empty folder

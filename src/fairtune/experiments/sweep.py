@@ -28,6 +28,7 @@ own copy, with the same result).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -46,7 +47,7 @@ from .._io import ensure_writable_dir, write_csv, write_json
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
 from ..errors import ConfigError
 from ..methods import METHODS
-from .run import RunConfig, run
+from .run import RunConfig, RunResult, run
 from .store import ResultStore, unit_key
 
 logger = logging.getLogger(__name__)
@@ -174,14 +175,13 @@ def run_unit(config: RunConfig) -> dict[str, Any]:
     return {"columns": list(result.results.columns), "rows": result.results.to_dict(orient="records"), "selections": result.selections}
 
 
-def _prepare_configs(sweep: SweepConfig, pending: list[dict[str, Any]]) -> list[RunConfig]:
-    """One config per distinct (data set, pre-training seed) among the pending units."""
-    configs: dict[tuple[str, int], RunConfig] = {}
-    for unit in pending:
-        data = sweep.datasets[unit["dataset"]]
-        seed = unit["seed"] if data.split_seed is None else data.split_seed
-        configs.setdefault((unit["dataset"], seed), sweep.run_config(unit))
-    return list(configs.values())
+def _one_per_data_seed(configs: list[RunConfig]) -> list[RunConfig]:
+    """One config per distinct (data, pre-training seed): the work :func:`prepare_unit` does once."""
+    distinct: dict[tuple[str, int], RunConfig] = {}
+    for config in configs:
+        seed = config.seeds[0] if config.data.split_seed is None else config.data.split_seed
+        distinct.setdefault((config.data.model_dump_json(), seed), config)
+    return list(distinct.values())
 
 
 Task = Callable[[RunConfig], Any]
@@ -298,7 +298,7 @@ def sweep(
     write_json({"sweep": config.model_dump(mode="json"), "units": len(config.units())}, out_dir / "sweep.json")
     if pending:
         with (executor or SerialExecutor()) as tasks:
-            for _ in tasks.imap(prepare_unit, _prepare_configs(config, pending)):
+            for _ in tasks.imap(prepare_unit, _one_per_data_seed([config.run_config(unit) for unit in pending])):
                 pass
             for index, record in tasks.imap(run_unit, [config.run_config(unit) for unit in pending]):
                 unit = pending[index]
@@ -315,3 +315,29 @@ def completed_units(config: SweepConfig, out: str | os.PathLike[str]) -> list[di
     store = ResultStore(Path(out) / "units")
     return [unit for unit in config.units() if config.key(unit) in store]
 
+
+def _unit_run_result(config: RunConfig, *, keep_predictions: bool) -> RunResult:
+    with _torch_threads(1):
+        return run(config, keep_predictions=keep_predictions, progress=False)
+
+
+def run_parallel(config: RunConfig, executor: SerialExecutor, *, keep_predictions: bool = False) -> RunResult:
+    """:func:`~fairtune.experiments.run.run` with each (method, seed) as one task on ``executor``.
+
+    Same rows, selections and predictions in the same order as ``run(config)`` (each seed's
+    ``pretrained`` row once, first); ``fairtune run --processes N``.
+    """
+    units = [{"seed": seed, "method": method} for seed in config.seeds for method in config.methods]
+    configs = [config.model_copy(update={"methods": (u["method"],), "seeds": (u["seed"],)}) for u in units]
+    with executor as tasks:
+        for _ in tasks.imap(prepare_unit, _one_per_data_seed(configs)):
+            pass
+        finished = dict(tasks.imap(functools.partial(_unit_run_result, keep_predictions=keep_predictions), configs))
+    parts = [finished[i] for i in range(len(configs))]
+    first_of_seed = [i % len(config.methods) == 0 for i in range(len(parts))]  # keeps that seed's pretrained row
+    results = pd.concat([p.results if first or p.results.empty else p.results[p.results["method"] != "pretrained"]
+                         for p, first in zip(parts, first_of_seed)], ignore_index=True)
+    predictions = [p.predictions if first else p.predictions[p.predictions["method"] != "pretrained"]
+                   for p, first in zip(parts, first_of_seed) if p.predictions is not None]
+    return RunResult(results=results, selections=[s for p in parts for s in p.selections],
+                     predictions=pd.concat(predictions, ignore_index=True) if predictions else None)
