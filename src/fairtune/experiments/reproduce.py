@@ -273,7 +273,7 @@ def write_reproduction(
     _table(ablation, shown["ablation"], directory, "ablation")
 
     pareto = {gap: tables.pareto_table(summary, gap) for gap in ("delta_eo", "delta_dp")}
-    shown.update({f"Pareto front, Err vs {gap}": table for gap, table in pareto.items()})
+    shown.update({f"Pareto front, Err vs {table.columns[-1]}": table for table in pareto.values()})
     write_csv(pd.concat([t.assign(gap=gap) for gap, t in pareto.items()], ignore_index=True), directory / "pareto_front.csv")
 
     drawings: dict[str, tuple[str, Callable[[], Any]]] = {
