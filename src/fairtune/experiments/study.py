@@ -124,7 +124,8 @@ def verdict(dominance_tables: Sequence[pd.DataFrame]) -> str:
             lines.append(f"- source={source}, Err vs {gap}: {', '.join(clear)} reach(es) a point no baseline dominates, "
                          "by more than one std against every baseline.")
         elif undominated:
-            lines.append(f"- source={source}, Err vs {gap}: {', '.join(undominated)} are not dominated in the means, "
+            verb = "is" if len(undominated) == 1 else "are"
+            lines.append(f"- source={source}, Err vs {gap}: {', '.join(undominated)} {verb} not dominated in the means, "
                          "but not by more than one std against every baseline: no clear win.")
         else:
             lines.append(f"- source={source}, Err vs {gap}: every WIN variant is dominated by a baseline.")
@@ -152,8 +153,8 @@ def write_study(results: pd.DataFrame, config: StudyConfig, directory: str | Pat
         sections.append(
             f"### Pre-training source: {source}\n\n![accuracy-fairness](pareto_{source}.png)\n\n"
             + tables.to_markdown(tables.summary_table(main))
-            + "\nRank sweep on the last hidden layer (rank = ceil(f · min(d, k))):\n\n"
-            + tables.to_markdown(tables.summary_table(sweep))
+            + ("" if sweep.empty else "\nRank sweep on the last hidden layer (rank = ceil(f · min(d, k))):\n\n"
+               + tables.to_markdown(tables.summary_table(sweep)))
         )
     dominance_all = pd.concat([t.assign(source=t.attrs["source"]) for t in dominance_tables], ignore_index=True)
     write_csv(dominance_all, directory / "dominance.csv")
