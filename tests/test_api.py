@@ -163,3 +163,18 @@ def test_a_bare_linear_model_is_fine_tuned(problem) -> None:
     assert tuner.trainable_params_ == 1 * (5 + 2) + 2
     assert isinstance(logistic, nn.Linear) and not hasattr(logistic, "first")
     np.testing.assert_array_equal(tuner.predict(X), tuner.model_(X).argmax(dim=1).numpy())
+
+
+@pytest.mark.parametrize(("method", "message"), [
+    ("retrain-eo", "trains more than the target layer"),
+    ("win-hidden", "trains more than the target layer"),
+    ("logreg", "is not a torch fine-tuning method"),
+])
+def test_fair_fine_tuner_refuses_methods_it_cannot_put_in_the_model(method, message):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(80, 4)
+    y = (x[:, 0] > 0).long()
+    s = (x[:, 1] > 0).long()
+    with pytest.raises(ConfigError, match=message):
+        FairFineTuner(model, method=method, epochs=1).fit(x, y, sensitive_features=s)

@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from ._validation import binary_labels, finite_features, group_codes
 from .config import FinetuneGrid
 from . import errors
-from .errors import DataError, FairtuneError, ModelError
+from .errors import ConfigError, DataError, FairtuneError, ModelError
 from .experiments.run import compare_on_features
 from .factorization import count_parameters, find_linear, freeze_all_but_, replace_module_
-from .methods import get_method
+from .methods import FittedHead, get_method
 from .models import extract_features
 from .training import TrainingData, predict_proba
 
@@ -80,6 +80,13 @@ def layer_features(model: nn.Module, layer: nn.Linear, data: Data, group_names: 
     return TrainingData.from_arrays(torch.cat(xs), y_all, s_codes), group_names
 
 
+NOT_LAST_LAYER = (
+    "method {method!r} trains more than the target layer and is not available in FairFineTuner; "
+    "use tl, svd, win or a last-layer variant (tl-anchor, win-anchor)"
+)
+NOT_TORCH = "method {method!r} is not a torch fine-tuning method; compare() runs it beside the others"
+
+
 class FairFineTuner:
     """Fine-tune the linear layer of a pre-trained classifier, with WIN by default.
 
@@ -133,10 +140,14 @@ class FairFineTuner:
         model = copy.deepcopy(self.model).eval()
         name, layer = binary_head(model, self.layer)
         train, groups = layer_features(model, layer, X if y is None else (X, y, sensitive_features))
+        if method.needs_model(grid):
+            raise ConfigError(NOT_LAST_LAYER.format(method=self.method))
         torch.manual_seed(self.seed)
         params = method.candidates(layer, grid)[0]
         fitted = method.fit(layer, train, method.prepare(layer, train, grid), params,
                             epochs=self.epochs, batch_size=self.batch_size, seed=self.seed)
+        if not isinstance(fitted, FittedHead):
+            raise ConfigError(NOT_TORCH.format(method=self.method))
         if name:
             replace_module_(model, name, fitted.module)
         else:  # the model is the target layer itself
