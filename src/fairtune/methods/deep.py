@@ -89,7 +89,7 @@ class DeepVariant(FineTuningMethod):
             raise ConfigError(f"anchor strength must be a number, got {value!r}") from None
         if self.anchor < 0:
             raise ConfigError(f"anchor strength must be >= 0, got {self.anchor}")
-        self._fisher: dict[tuple[int, str], dict[str, GroupFisher]] = {}
+        self._fisher: dict[tuple[nn.Module, str], dict[str, GroupFisher]] = {}
 
     def needs_model(self, grid: FinetuneGrid) -> bool:
         """Deeper scopes train through the model's raw inputs; the last layer trains on cached features."""
@@ -124,7 +124,7 @@ class DeepVariant(FineTuningMethod):
 
     def _group_fisher(self, model: nn.Module, names: list[str], train: TrainingData, grid: FinetuneGrid) -> dict[str, GroupFisher]:
         """Per-group Fisher of each adapted layer, computed once per model and Fisher kind."""
-        key = (id(model), grid.fisher)
+        key = (model, grid.fisher)  # modules hash by identity; the entry keeps the model alive
         if key not in self._fisher:
             n_groups = int(train.s.max()) + 1
             self._fisher[key] = {
