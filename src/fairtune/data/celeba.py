@@ -36,9 +36,9 @@ from .image_folder import (
     file_hash,
     image_task,
     image_transform,
-    match_attribute,
     partition_split,
     require_file,
+    target_and_sensitive,
     task_fingerprint,
 )
 
@@ -94,10 +94,7 @@ def celeba_task(
     root = celeba_root(data_dir)
     attr_path, partition_path = root / "list_attr_celeba.txt", root / "list_eval_partition.txt"
     attributes = read_celeba_attributes(attr_path)
-    target_column = match_attribute(target, attributes.columns, source=str(attr_path))
-    sensitive_column = match_attribute(sensitive, attributes.columns, source=str(attr_path))
-    if target_column == sensitive_column:
-        raise DataError("target and sensitive must be different attributes")
+    target_column, sensitive_column = target_and_sensitive(target, sensitive, attributes.columns, source=str(attr_path))
     partition = read_celeba_partition(partition_path).reindex(attributes.index)
     if partition.isna().any():
         raise DataError(f"{int(partition.isna().sum())} image(s) of {attr_path} have no partition in {partition_path}")

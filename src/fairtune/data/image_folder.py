@@ -94,6 +94,15 @@ def match_attribute(name: str, columns: Sequence[str], *, source: str) -> str:
         raise DataError(MISSING_ATTRIBUTE.format(name=name, source=source, available=", ".join(map(str, columns)))) from None
 
 
+def target_and_sensitive(target: str, sensitive: str, columns: Sequence[str], *, source: str) -> tuple[str, str]:
+    """The attribute columns of the label and of the sensitive attribute, which must differ."""
+    target_column = match_attribute(target, columns, source=source)
+    sensitive_column = match_attribute(sensitive, columns, source=source)
+    if target_column == sensitive_column:
+        raise DataError("target and sensitive must be different attributes")
+    return target_column, sensitive_column
+
+
 def check_files_exist(root: Path, paths: Sequence[str], *, source: str) -> None:
     """Fail in one line when images listed in ``source`` are absent under ``root``."""
     missing = [p for p in paths if not (root / p).is_file()]

@@ -39,9 +39,9 @@ from .image_folder import (
     file_hash,
     image_task,
     image_transform,
-    match_attribute,
     partition_split,
     require_file,
+    target_and_sensitive,
     task_fingerprint,
 )
 
@@ -104,10 +104,7 @@ def lfw_task(
     attr_path = root / "lfw_attributes.txt"
     attributes = read_lfw_attributes(attr_path)
     score_columns = [c for c in attributes.columns if c not in ("person", "imagenum")]
-    target_column = match_attribute(target, score_columns, source=str(attr_path))
-    sensitive_column = match_attribute(sensitive, score_columns, source=str(attr_path))
-    if target_column == sensitive_column:
-        raise DataError("target and sensitive must be different attributes")
+    target_column, sensitive_column = target_and_sensitive(target, sensitive, score_columns, source=str(attr_path))
     images = lfw_image_folder(root)
     paths = [lfw_image_path(p, n) for p, n in zip(attributes["person"], attributes["imagenum"])]
     check_files_exist(images, paths, source=str(attr_path))
