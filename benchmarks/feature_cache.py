@@ -35,9 +35,9 @@ from torch.utils.data import DataLoader
 
 from fairtune.config import FinetuneGrid, PretrainConfig
 from fairtune.data.digits import PixelImages, digits_task
-from fairtune.experiments.run import compare_on_features
+from fairtune.experiments import compare_on_features
 from fairtune.factorization import find_linear
-from fairtune.methods import get_method
+from fairtune.methods import build_method
 from fairtune.models import (
     cached_features,
     cached_split_features,
@@ -78,12 +78,12 @@ def run_recompute(args: argparse.Namespace) -> None:
     checkpoints = set(grid.epochs)
     started = time.perf_counter()
     for name in METHODS:
-        method = get_method(name)
+        method = build_method(name, grid)
         train_features = TrainingData.from_arrays(_features(model, layer, task.train.inputs), task.train.y, task.train.s)
         context = method.prepare(layer, train_features, grid)  # WIN's Fisher needs one pass
         for params in method.candidates(layer, grid):
             head = method.initial_head(layer, context, params).requires_grad_(True)
-            optimizer = torch.optim.Adam(head.parameters(), lr=params["lr"])
+            optimizer = torch.optim.Adam(head.parameters(), lr=params.lr)
             loader = DataLoader(LabelledSplit(task.train), batch_size=grid.batch_size, shuffle=True,
                                 generator=torch.Generator().manual_seed(args.seed))
             for epoch in range(1, max(checkpoints) + 1):

@@ -273,8 +273,8 @@ def bench_fairlearn(quick: bool, cache_dir: str) -> dict[str, Any]:
 
     def fit_win() -> dict[str, float]:
         torch.manual_seed(0)
-        rows, _, _ = compare_on_features(layer, features, ["win"], grid, seed=0)
-        return {k: rows[-1][k] for k in ("err", "delta_eo", "delta_dp")}
+        row = compare_on_features(layer, features, ["win"], grid, seed=0)[-1].row
+        return {k: row[k] for k in ("err", "delta_eo", "delta_dp")}
 
     def fit_eg() -> dict[str, float]:
         eg = ExponentiatedGradient(LogisticRegression(max_iter=1000), EqualizedOdds(), max_iter=20 if quick else 50)

@@ -8,12 +8,17 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from fairlearn.postprocessing import ThresholdOptimizer
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+from sklearn.model_selection import GridSearchCV
 from torch.utils.data import DataLoader, TensorDataset
 
 from fairtune import FairFineTuner, compare, errors
 from fairtune.config import FinetuneGrid
 from fairtune.errors import ConfigError, DataError, FairtuneError, ModelError
 from fairtune.factorization import FactorizedLinear
+from fairtune.finetune import MEANINGLESS_ARGUMENT
 
 TINY = FinetuneGrid(ranks=(1,), lrs=(0.01,), epochs=(2,), operators=("mean",))
 
@@ -43,7 +48,7 @@ def test_fit_replaces_the_last_layer_and_trains_only_it(problem) -> None:
     assert not tuner.model_[0].weight.requires_grad
     y_hat = tuner.predict(X)
     assert y_hat.shape == (300,) and set(np.unique(y_hat)) <= {0, 1}
-    np.testing.assert_array_equal(y_hat, (tuner.predict_proba(X) > 0.5).astype(np.int64))
+    np.testing.assert_array_equal(y_hat, (tuner.predict_proba(X)[:, 1] > 0.5).astype(np.int64))
     np.testing.assert_array_equal(y_hat, tuner.model_(X).argmax(dim=1).numpy())
 
 
@@ -60,7 +65,7 @@ def test_the_users_model_is_not_modified(problem) -> None:
 @pytest.mark.parametrize(("method", "expected"), [("tl", 16 * 2 + 2), ("svd", 1 * (16 + 2) + 2), ("win", 1 * (16 + 2) + 2)])
 def test_trainable_params_per_method(problem, method, expected) -> None:
     model, X, y, s = problem
-    tuner = FairFineTuner(model, method=method, rank=1, epochs=1).fit(X, y, sensitive_features=s)
+    tuner = FairFineTuner(model, method=method, rank=None if method == "tl" else 1, epochs=1).fit(X, y, sensitive_features=s)
     assert tuner.trainable_params_ == expected
 
 
@@ -87,6 +92,8 @@ def test_predict_before_fit_is_an_error(problem) -> None:
     model, X, _, _ = problem
     with pytest.raises(FairtuneError, match="not fitted yet"):
         FairFineTuner(model).predict(X)
+    with pytest.raises(SklearnNotFittedError):
+        FairFineTuner(model).predict_proba(X)
 
 
 def test_user_errors(problem) -> None:
@@ -178,3 +185,93 @@ def test_fair_fine_tuner_refuses_methods_it_cannot_put_in_the_model(method, mess
     s = (x[:, 1] > 0).long()
     with pytest.raises(ConfigError, match=message):
         FairFineTuner(model, method=method, epochs=1).fit(x, y, sensitive_features=s)
+
+
+# --- the scikit-learn / fairlearn estimator protocol ------------------------------------------
+
+def test_get_params_set_params_and_clone(problem) -> None:
+    model, X, y, s = problem
+    tuner = FairFineTuner(model, method="svd", rank=2, lr=0.05, epochs=2)
+    params = tuner.get_params()
+    assert params["method"] == "svd" and params["rank"] == 2 and params["model"] is model
+    assert tuner.set_params(rank=1).rank == 1
+    copied = clone(tuner.fit(X, y, sensitive_features=s))
+    assert copied.get_params()["rank"] == 1 and not hasattr(copied, "model_")
+    assert copied.model is not model  # clone deep-copies the model, like any non-estimator parameter
+    np.testing.assert_array_equal(copied.fit(X, y, sensitive_features=s).predict(X), tuner.predict(X))
+
+
+def test_predict_proba_has_one_column_per_class(problem) -> None:
+    model, X, y, s = problem
+    tuner = FairFineTuner(model, rank=1, epochs=1).fit(X, y, sensitive_features=s)
+    proba = tuner.predict_proba(X)
+    assert proba.shape == (300, 2) and proba.dtype == np.float64
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(tuner.classes_, [0, 1])
+
+
+def test_grid_search_cv_over_rank_and_lr(problem) -> None:
+    model, X, y, s = problem
+    search = GridSearchCV(FairFineTuner(model, method="svd", epochs=2), {"rank": [1, 2], "lr": [0.01, 0.1]}, cv=2)
+    search.fit(X.numpy(), y.numpy(), sensitive_features=s.numpy())
+    assert set(search.best_params_) == {"rank", "lr"}
+    assert len(search.cv_results_["mean_test_score"]) == 4
+    assert search.best_estimator_.predict(X.numpy()).shape == (300,)
+
+
+def test_threshold_optimizer_post_processes_a_prefit_tuner(problem) -> None:
+    model, X, y, s = problem
+    tuner = FairFineTuner(model, rank=1, epochs=3).fit(X, y, sensitive_features=s)
+    optimizer = ThresholdOptimizer(estimator=tuner, prefit=True, constraints="equalized_odds", predict_method="predict_proba")
+    optimizer.fit(X.numpy(), y.numpy(), sensitive_features=s.numpy())
+    y_fair = optimizer.predict(X.numpy(), sensitive_features=s.numpy(), random_state=0)
+    assert y_fair.shape == (300,) and set(np.unique(y_fair)) <= {0, 1}
+    from fairtune.metrics import delta_eo
+
+    assert delta_eo(y.numpy(), y_fair, s.numpy()) <= delta_eo(y.numpy(), tuner.predict(X), s.numpy()) + 1e-9
+
+
+def test_fit_leaves_torch_global_random_state_alone(problem) -> None:
+    model, X, y, s = problem
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first = FairFineTuner(model, rank=1, epochs=2, seed=5).fit(X, y, sensitive_features=s)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    second = FairFineTuner(model, rank=1, epochs=2, seed=5).fit(X, y, sensitive_features=s)
+    np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
+
+
+def test_device_defaults_to_the_models_and_can_be_named(problem) -> None:
+    model, X, y, s = problem
+    tuner = FairFineTuner(model, rank=1, epochs=1).fit(X, y, sensitive_features=s)
+    assert tuner.device_ == torch.device("cpu")
+    assert all(p.device == torch.device("cpu") for p in tuner.model_.parameters())
+    named = FairFineTuner(model, rank=1, epochs=1, device="cpu").fit(X, y, sensitive_features=s)
+    np.testing.assert_array_equal(named.predict_proba(X), tuner.predict_proba(X))
+    with pytest.raises(ConfigError, match="device 'nosuch' is not available"):
+        FairFineTuner(model, device="nosuch").fit(X, y, sensitive_features=s)
+
+
+def test_an_argument_the_method_does_not_use_is_an_error(problem) -> None:
+    model, X, y, s = problem
+    with pytest.raises(ConfigError) as info:
+        FairFineTuner(model, method="tl", rank=2).fit(X, y, sensitive_features=s)
+    assert str(info.value) == MEANINGLESS_ARGUMENT.format(argument="rank", value=2, method="tl", uses="lr")
+    with pytest.raises(ConfigError, match="means nothing for method 'svd'"):
+        FairFineTuner(model, method="svd", operator="min").fit(X, y, sensitive_features=s)
+    with pytest.raises(ConfigError, match="invalid operator 'median'"):
+        FairFineTuner(model, operator="median").fit(X, y, sensitive_features=s)
+
+
+def test_win_anchor_uses_the_rank_it_is_given(problem) -> None:
+    model, X, y, s = problem
+    rank2 = FairFineTuner(model, method="win-anchor:2", rank=2, epochs=1).fit(X, y, sensitive_features=s)
+    rank1 = FairFineTuner(model, method="win-anchor:2", rank=1, epochs=1).fit(X, y, sensitive_features=s)
+    assert rank2.trainable_params_ == 2 * (16 + 2) + 2
+    assert rank1.trainable_params_ == 1 * (16 + 2) + 2
+
+
+def test_compare_needs_a_seed(problem) -> None:
+    model, X, y, s = problem
+    with pytest.raises(ConfigError, match="seeds is empty"):
+        compare(model, (X, y, s), (X, y, s), (X, y, s), seeds=[])

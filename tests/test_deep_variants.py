@@ -7,10 +7,10 @@ from torch import nn
 from fairtune.config import FinetuneGrid
 from fairtune.errors import ConfigError
 from fairtune.factorization import FactorizedLinear
-from fairtune.methods import get_method
+from fairtune.methods import ModelMethod, build_method
 from fairtune.methods.anchor import anchor_penalty, effective_weight
 from fairtune.methods.deep import fraction_rank, scope_layers
-from fairtune.models import MLP
+from fairtune.models import MLP, extract_features
 from fairtune.training import TrainingData, predict_proba
 
 torch.set_num_threads(1)
@@ -26,6 +26,18 @@ def problem():
     return model, TrainingData(x, y, s)
 
 
+def fit(spec, model, train, grid, *, epochs, batch_size=64):
+    """Fit the first candidate of ``spec``: on the model's inputs (ModelMethod) or the output layer's features."""
+    method = build_method(spec, grid)
+    if isinstance(method, ModelMethod):
+        target, data = model, train
+    else:
+        target, data = model.output, TrainingData(extract_features(model, model.output, train.x), train.y, train.s)
+    params = method.candidates(target, grid)[0]
+    fitted = method.fit(target, data, method.prepare(target, data, grid), params, epochs=epochs, batch_size=batch_size, seed=0)
+    return fitted, data
+
+
 def test_scope_layers_of_an_mlp(problem):
     model, _ = problem
     assert scope_layers(model, "last") == ["output"]
@@ -38,19 +50,16 @@ def test_scope_layers_of_an_mlp(problem):
 def test_full_rank_variant_starts_from_the_pretrained_function(problem, spec):
     """At rank fraction 1 the factorization is exact: before any step the model predicts as before."""
     model, train = problem
-    method = get_method(spec)
     grid = FinetuneGrid(rank_fractions=(1.0,), operators=("mean",), lrs=(0.01,))
-    params = method.candidates(model.output, grid)[0]
-    fitted = method.fit_model(model, train, params, epochs=0, batch_size=64, seed=0, grid=grid)
-    torch.testing.assert_close(torch.from_numpy(predict_proba(fitted.module, train.x)), torch.from_numpy(predict_proba(model, train.x)), atol=1e-5, rtol=1e-5)
+    fitted, data = fit(spec, model, train, grid, epochs=0)
+    torch.testing.assert_close(torch.from_numpy(predict_proba(fitted.module, data.x)), torch.from_numpy(predict_proba(model, train.x)), atol=1e-5, rtol=1e-5)
     assert any(isinstance(m, FactorizedLinear) for m in fitted.module.modules())
 
 
 def test_only_the_adapted_layers_train(problem):
     model, train = problem
     grid = FinetuneGrid(rank_fractions=(0.5,), operators=("min",), lrs=(0.01,))
-    method = get_method("win-hidden")
-    fitted = method.fit_model(model, train, method.candidates(model.output, grid)[0], epochs=2, batch_size=64, seed=0, grid=grid)
+    fitted, _ = fit("win-hidden", model, train, grid, epochs=2)
     # hidden2 is 4x8: rank ceil(0.5*4) = 2 -> 2*8 + 4*2 + 4 (bias) trainable parameters
     assert fitted.trainable_params == 2 * 8 + 4 * 2 + 4
     tuned = fitted.module
@@ -75,15 +84,22 @@ def test_a_stronger_anchor_keeps_the_important_weights_closer(problem):
     grid = FinetuneGrid(operators=("mean",), lrs=(0.05,))
     moved = {}
     for mu in (0.0, 100.0):
-        method = get_method(f"tl-anchor:{mu}")
-        fitted = method.fit_model(model, train, method.candidates(model.output, grid)[0], epochs=5, batch_size=32, seed=0, grid=grid)
-        moved[mu] = float((fitted.module.output.weight - model.output.weight).detach().norm())
+        fitted, _ = fit(f"tl-anchor:{mu}", model, train, grid, epochs=5, batch_size=32)
+        moved[mu] = float((fitted.module.weight - model.output.weight).detach().norm())
     assert moved[100.0] < 0.5 * moved[0.0]
 
 
 def test_value_suffix_only_where_taken():
-    assert get_method("win-anchor:2.5").anchor == 2.5
+    assert build_method("win-anchor:2.5").anchor == 2.5
+    assert build_method("win-anchor").anchor == 1.0
     with pytest.raises(ConfigError, match="takes no ':value'"):
-        get_method("win-hidden:3")
-    with pytest.raises(ConfigError, match="anchor strength must be >= 0"):
-        get_method("tl-anchor:-1")
+        build_method("win-hidden:3")
+    for bad in ("-1", "inf", "nan", "x"):
+        with pytest.raises(ConfigError, match="μ of 'tl-anchor' must be a finite number >= 0"):
+            build_method(f"tl-anchor:{bad}")
+
+
+def test_the_last_layer_variants_train_on_features_and_the_deeper_ones_on_the_model():
+    assert not isinstance(build_method("win-anchor"), ModelMethod)
+    assert not isinstance(build_method("tl-anchor"), ModelMethod)
+    assert all(isinstance(build_method(spec), ModelMethod) for spec in ("win-hidden", "svd-all", "win-hidden-anchor"))

@@ -12,9 +12,10 @@ from fairtune.data import tabular_task
 from fairtune.errors import ConfigError
 from fairtune.experiments import compare_on_features, split_features
 from fairtune.experiments.fair_pretraining import STUDY_COLUMNS, fair_pretraining_study, summarize_fair_pretraining
-from fairtune.experiments.run import NEEDS_INPUTS, split_inputs
+from fairtune.experiments.engine import NEEDS_INPUTS
 from fairtune.factorization import count_parameters, find_linear
-from fairtune.methods import get_method
+from fairtune.methods import build_method
+from fairtune.methods.base import TrainParams
 from fairtune.methods.fairness import BAD_INTENSITY, fairness_penalty, relaxed_dp_gap, relaxed_eo_gap
 from fairtune.metrics import delta_dp
 from fairtune.models import pretrained_mlp
@@ -86,19 +87,19 @@ def test_a_gradient_step_on_the_gap_reduces_it(kind):
 
 @pytest.mark.parametrize("value", ["-0.1", "abc", "nan", "inf", ""])
 def test_a_bad_intensity_is_a_config_error(value):
-    with pytest.raises(ConfigError, match="fairness intensity"):
-        get_method(f"retrain-eo:{value}")
+    with pytest.raises(ConfigError, match="λ of 'retrain-eo' must be a finite number >= 0"):
+        build_method(f"retrain-eo:{value}")
     assert BAD_INTENSITY.format(value="x").startswith("fairness intensity λ")
 
 
 def test_method_specs_parse_lambda_and_refuse_it_elsewhere():
-    assert get_method("retrain-eo").lam == 0.5
-    assert get_method("retrain-dp:0.9").lam == 0.9
-    assert get_method("retrain-eo:0").lam == 0.0
+    assert build_method("retrain-eo").lam == 0.5
+    assert build_method("retrain-dp:0.9").lam == 0.9
+    assert build_method("retrain-eo:0").lam == 0.0
     with pytest.raises(ConfigError, match="takes no ':value'"):
-        get_method("tl:0.5")
+        build_method("tl:0.5")
     with pytest.raises(ConfigError, match="unknown method 'retrain-xx:1'"):
-        get_method("retrain-xx:1")
+        build_method("retrain-xx:1")
 
 
 # --- Retrain+EO/DP end to end on a small generated task --------------------------------------
@@ -111,7 +112,8 @@ def small_task(tmp_path_factory):
                            cache_dir=tmp_path_factory.mktemp("cache"))
     _, layer = find_linear(model)
     splits = {k: v for k, v in task.splits().items() if k != "source"}
-    return task, model, layer, split_features(model, layer, splits), split_inputs(splits)
+    inputs = {name: TrainingData.from_arrays(split.inputs, split.y, split.s) for name, split in splits.items()}
+    return task, model, layer, split_features(model, layer, splits), inputs
 
 
 GRID = FinetuneGrid(lrs=(0.01,), epochs=(3, 10))
@@ -120,14 +122,15 @@ GRID = FinetuneGrid(lrs=(0.01,), epochs=(3, 10))
 def test_retrain_all_updates_the_whole_model_and_last_only_the_layer(small_task):
     _, model, layer, features, inputs = small_task
     weights_before = [p.detach().clone() for p in model.parameters()]
-    rows, selections, _ = compare_on_features(layer, features, ["retrain-eo:0.5", "retrain-dp"], GRID, seed=0, model=model, inputs=inputs)
-    by_method = {r["method"]: r for r in rows}
+    results = compare_on_features(layer, features, ["retrain-eo:0.5", "retrain-dp"], GRID, seed=0, model=model, inputs=inputs)
+    by_method = {r.row["method"]: r.row for r in results}
+    selections = [r.selection for r in results if r.selection]
     assert by_method["retrain-eo:0.5"]["trainable_params"] == count_parameters(model, trainable_only=False)
     assert by_method["retrain-dp"]["trainable_params"] == count_parameters(model, trainable_only=False)
     assert all(torch.equal(a, b) for a, b in zip(weights_before, model.parameters()))  # the caller's model is untouched
     assert {tuple(sorted(s["params"])) for s in selections} == {("epochs", "lr")}
-    rows, _, _ = compare_on_features(layer, features, ["retrain-eo"], GRID.model_copy(update={"retrain_scope": "last"}), seed=0)
-    assert rows[-1]["trainable_params"] == count_parameters(layer, trainable_only=False)
+    results = compare_on_features(layer, features, ["retrain-eo"], GRID.model_copy(update={"retrain_scope": "last"}), seed=0)
+    assert results[-1].row["trainable_params"] == count_parameters(layer, trainable_only=False)
 
 
 def test_retrain_all_without_the_model_is_a_config_error(small_task):
@@ -140,7 +143,7 @@ def test_retrain_all_without_the_model_is_a_config_error(small_task):
 def test_zero_lambda_is_plain_fine_tuning(small_task):
     _, model, layer, features, _ = small_task
     last = GRID.model_copy(update={"retrain_scope": "last"})
-    tl, retrain = (compare_on_features(layer, features, [m], last, seed=3)[0][-1] for m in ("tl", "retrain-dp:0"))
+    tl, retrain = (compare_on_features(layer, features, [m], last, seed=3)[-1].row for m in ("tl", "retrain-dp:0"))
     assert {k: tl[k] for k in ("err", "delta_dp", "delta_eo")} == {k: retrain[k] for k in ("err", "delta_dp", "delta_eo")}
 
 
@@ -158,8 +161,7 @@ def test_raising_lambda_lowers_the_measured_gap():
         for seed in range(3):
             torch.manual_seed(seed)
             model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
-            fitted = get_method(f"retrain-dp:{lam}").fit_model(model, data, {"lr": 0.05}, epochs=10, batch_size=500, seed=seed,
-                                                                           grid=FinetuneGrid())
+            fitted = build_method(f"retrain-dp:{lam}").fit(model, data, None, TrainParams(0.05), epochs=10, batch_size=500, seed=seed)
             per_seed.append(delta_dp(fitted.predict(data.x), s))
         gaps[lam] = float(np.mean(per_seed))
     assert gaps[0] > 0.3

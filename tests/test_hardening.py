@@ -165,7 +165,7 @@ def test_corrupted_pretraining_cache_entry_is_rebuilt(tmp_path: Path) -> None:
     ("types.yaml", "seeds: many\n", ["invalid value for 'seeds'"]),
     ("types.toml", "methods = ['tl']\n[pretrain]\nepochs = 'ten'\n", ["invalid value for 'pretrain.epochs'"]),
     ("top.toml", "outdir = 'x'\n", ["unknown key 'outdir'"]),
-    ("method.yaml", "methods: [tl, wim]\n", ["'methods'", "unknown method(s) wim"]),
+    ("method.yaml", "methods: [tl, wim]\n", ["'methods'", "unknown method 'wim'"]),
     ("broken.yaml", "methods: [tl\n", ["cannot parse"]),
 ])
 def test_sweep_config_problems_name_the_key(tmp_path: Path, previous, cache: Path, name: str, text: str, fragments: list[str]) -> None:

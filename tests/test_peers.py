@@ -12,8 +12,8 @@ from torch import nn
 
 from fairtune.config import FinetuneGrid
 from fairtune.experiments import compare_on_features
-from fairtune.methods import get_method
-from fairtune.methods.peers import SENSITIVE_NEEDED
+from fairtune.methods import build_method
+from fairtune.methods.peers import PeerParams, SENSITIVE_NEEDED
 from fairtune.training import TrainingData
 
 
@@ -40,9 +40,9 @@ def layer():
 @pytest.fixture(scope="module")
 def compared(layer, features):
     methods = ["logreg", "fairlearn-eg-eo", "fairlearn-to-eo", "fairlearn-to-dp"]
-    rows, selections, predictions = compare_on_features(layer, features, methods, FinetuneGrid(), seed=7, keep_predictions=True)
-    return ({r["method"]: r for r in rows}, {s["method"]: s for s in selections},
-            {p["method"].iloc[0]: p["y_pred"].to_numpy() for p in predictions})
+    results = compare_on_features(layer, features, methods, FinetuneGrid(), seed=7, keep_predictions=True)
+    return ({r.row["method"]: r.row for r in results}, {r.selection["method"]: r.selection for r in results if r.selection},
+            {r.predictions["method"].iloc[0]: r.predictions["y_pred"].to_numpy() for r in results})
 
 
 def _numpy(data: TrainingData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,7 +81,7 @@ def test_threshold_optimizer_equals_fairlearn(compared, features, constraint):
 
 
 def test_threshold_optimizer_needs_the_sensitive_attribute(layer, features):
-    fitted = get_method("fairlearn-to-dp").fit(layer, features["train"], None, {"C": 1.0}, epochs=1, batch_size=1, seed=0)
+    fitted = build_method("fairlearn-to-dp").fit(layer, features["train"], None, PeerParams(1.0), epochs=1, batch_size=1, seed=0)
     with pytest.raises(ValueError) as error:
         fitted.predict(features["test"].x)
     assert str(error.value) == SENSITIVE_NEEDED.format(kind="ThresholdOptimizer")

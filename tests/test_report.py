@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from fairtune.catalogue import CATALOGUE
 from fairtune.report import (
-    METHOD_LABELS,
     figures,
     html,
     method_label,
@@ -71,7 +71,9 @@ def test_table3_puts_the_papers_figures_beside_the_pretrained_row_only(summary):
 def test_method_labels_name_lambda_variants_and_pass_unknown_names_through():
     assert method_label("retrain-eo:0.1") == "Retrain+EO λ=0.1"
     assert method_label("retrain-dp:0.9") == "Retrain+DP λ=0.9"
-    assert method_label("win") == METHOD_LABELS["win"] == "WIN"
+    assert method_label("win") == CATALOGUE["win"].label == "WIN"
+    assert method_label("win-all") == CATALOGUE["win-all"].label == "WIN (all layers)"
+    assert method_label("win-hidden@0.25") == "WIN (hidden) f=0.25"
     assert method_label("my-method") == "my-method"
 
 
@@ -159,10 +161,12 @@ def test_figures_are_written_as_non_blank_pngs(figure_files):
 def test_every_method_has_one_colour_everywhere():
     methods = ["win", "tl", "brand-new", "other-new"]
     colors = figures.method_colors(methods)
-    assert colors["win"] == figures.PALETTE["win"] and colors["tl"] == figures.PALETTE["tl"]
+    assert colors["win"] == CATALOGUE["win"].colour and colors["tl"] == CATALOGUE["tl"].colour
     assert colors["brand-new"] != colors["other-new"]
     assert figures.method_colors(["tl"])["tl"] == colors["tl"]
-    assert len(set(figures.PALETTE.values())) == len(figures.PALETTE)
+    assert len({info.colour for info in CATALOGUE.values()}) == len(CATALOGUE)
+    shades = figures.method_colors(["retrain-eo:0.1", "retrain-eo:0.5", "retrain-eo:0.9", "retrain-eo"])
+    assert len(set(shades.values())) == 3 and shades["retrain-eo"] == shades["retrain-eo:0.5"]
 
 
 @pytest.fixture(scope="module")

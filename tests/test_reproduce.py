@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from fairtune.cli import app
 from fairtune.errors import ConfigError
-from fairtune.experiments.reproduce import UNKNOWN_STUDY, plan_units, quick_config, study_config
+from fairtune.experiments.reproduce import UNKNOWN_STUDY, plan_tasks, plan_units, quick_config, study_config
 
 TINY = ["reproduce", "adult", "--quick", "--seeds", "1", "--methods", "tl,svd,win", "--quiet"]
 OUTPUTS = [
@@ -40,13 +40,17 @@ def reproduced(tmp_path_factory) -> tuple[Path, Path, str]:
 
 def test_plan_has_one_unit_per_method_setting_and_seed():
     config = quick_config(seeds=3)
-    units = plan_units(config)
-    per_seed = len(config.table3_methods()) + 1 + len(config.ablation_operators) * len(config.ablation_ranks) + len(config.constraints) * len(config.lambdas)
-    assert len(units) == 1 + 3 * per_seed  # + Figure 3's Fisher
-    assert len({unit.key for unit in units}) == len(units)
+    units = [unit for _, _, unit in plan_units(config)]
+    per_seed = len(config.table3_methods()) + 1 + len(config.ablation_operators) * len(config.ablation_ranks)
+    assert len(units) == 3 * per_seed
+    # one key per distinct computation (the quick grid's ablation cell (mean, 1) is the win unit itself)
+    assert len({unit.key for unit in units}) == len({(u.method, u.seed, u.finetune) for u in units}) == len(units) - 3
+    tasks = plan_tasks(config)
+    assert len(tasks) == 1 + 3 * len(config.constraints) * len(config.lambdas)  # Figure 3's Fisher + Table 2
+    assert len({task.key for task in tasks}) == len(tasks)
     assert config.table3_methods()[:2] == ("retrain-eo:0.5", "retrain-dp:0.5")
     changed = config.model_copy(update={"finetune": config.finetune.model_copy(update={"lrs": (0.1,)})})
-    assert not {u.key for u in plan_units(changed) if u.study == "table3"} & {u.key for u in units}
+    assert not {u.key for study, _, u in plan_units(changed) if study == "table3"} & set(u.key for u in units)
 
 
 def test_unknown_study_is_a_one_line_error():
@@ -73,7 +77,8 @@ def test_reproduce_writes_every_table_figure_and_report(reproduced):
         assert heading in report
     assert report.count("](figures/") == 3
     config = json.loads((out / "config.json").read_text())
-    assert config["reproduce"]["seeds"] == [0] and config["units_computed"] == len(unit_files(out))
+    assert config["config"]["seeds"] == [0] and config["units_computed"] == len(unit_files(out))
+    assert config["cpu_capability"] and config["torch_version"]
     assert "units computed, 0 reused" in output
 
 
@@ -89,7 +94,7 @@ def test_a_second_invocation_recomputes_nothing(reproduced):
 def test_an_interrupted_run_resumes_with_the_missing_unit_only(reproduced):
     out, cache, _ = reproduced
     config = study_config("adult", quick=True, seeds=1, methods=("tl", "svd", "win"), cache_dir=str(cache))
-    tl = next(u for u in plan_units(config) if u.fields.get("method") == "tl")
+    tl = next(u for study, _, u in plan_units(config) if study == "table3" and u.method == "tl")
     path = out / "units" / f"{tl.key}.json"
     row = json.loads(path.read_text())["row"]
     path.unlink()

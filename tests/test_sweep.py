@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from fairtune.experiments import RunConfig, run
-from fairtune.experiments.sweep import SerialExecutor, SweepConfig, choose_executor, completed_units, load_sweep_config, run_parallel, sweep
+from fairtune.experiments import ProcessExecutor, choose_executor
+from fairtune.experiments.sweep import SweepConfig, completed_units, load_sweep_config, sweep
 
 METRICS = ["err", "delta_dp", "delta_eo", "trainable_params"]
 TINY_GRID = {"ranks": [1], "lrs": [0.01], "epochs": [2], "operators": ["mean"]}
@@ -60,7 +61,7 @@ def test_sweep_on_dask_cluster_equals_local(tiny: SweepConfig, tmp_path: Path, m
     with distributed.LocalCluster(n_workers=1, processes=True, threads_per_worker=1, dashboard_address=None,
                                   host="127.0.0.1") as cluster:
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)  # the dask convention, no flag
-        on_dask = sweep(tiny, tmp_path / "dask", executor=choose_executor(workers=1))
+        on_dask = sweep(tiny, tmp_path / "dask", executor=choose_executor(processes=1))
     pd.testing.assert_frame_equal(local.drop(columns="fit_seconds"), on_dask.drop(columns="fit_seconds"))
 
 
@@ -80,29 +81,29 @@ def test_sweep_killed_midway_resumes_without_recomputing(write_csv, tmp_path: Pa
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     stored = {p: p.stat().st_mtime_ns for p in units.glob("*.json")}
-    assert 2 <= len(stored) < 12, "the sweep should be killed midway"
+    assert 2 <= len(stored) < 18, "the sweep should be killed midway"
     assert not (out / "results.csv").exists()  # written only once every unit is done, atomically
     for unit_file in stored:  # complete JSON; a torn temporary file (.NAME.tmp) is never taken for a unit
-        assert json.loads(unit_file.read_text())["rows"]
+        assert json.loads(unit_file.read_text())["row"]
     grid = load_sweep_config(path)
     assert len(completed_units(grid, out)) == len(stored)
 
-    restarted = subprocess.run(command + ["--workers", "2"], capture_output=True, text=True, timeout=300)
+    restarted = subprocess.run(command + ["--processes", "2"], capture_output=True, text=True, timeout=300)
     assert restarted.returncode == 0, restarted.stderr
     assert f"({len(stored)} reused" in restarted.stdout
     assert {p: p.stat().st_mtime_ns for p in stored} == stored  # no finished unit recomputed
-    assert len(list(units.glob("*.json"))) == 12
+    assert len(list(units.glob("*.json"))) == 18  # 6 seeds x (pretrained, tl, svd)
     resumed = pd.read_csv(out / "results.csv")
     uninterrupted = sweep(grid, tmp_path / "reference")
     pd.testing.assert_frame_equal(resumed.drop(columns="fit_seconds"),
                                   uninterrupted.drop(columns="fit_seconds"), check_dtype=False)
 
 
-def test_run_parallel_gives_the_rows_of_run(tiny: SweepConfig) -> None:
+def test_run_in_processes_gives_the_rows_of_run(tiny: SweepConfig) -> None:
     config = RunConfig(data=tiny.datasets["toy"], pretrain=tiny.pretrain, finetune=tiny.settings["tiny"],
                        methods=("tl", "svd", "win"), seeds=(0, 1), cache_dir=tiny.cache_dir)
     serial = run(config, keep_predictions=True, progress=False)
-    parallel = run_parallel(config, SerialExecutor(), keep_predictions=True)
+    parallel = run(config, keep_predictions=True, progress=False, executor=ProcessExecutor(2))
     pd.testing.assert_frame_equal(parallel.results.drop(columns="fit_seconds"), serial.results.drop(columns="fit_seconds"))
     pd.testing.assert_frame_equal(parallel.predictions, serial.predictions)
     assert parallel.selections == serial.selections

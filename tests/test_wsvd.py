@@ -118,7 +118,8 @@ def test_non_positive_or_misshaped_importance_is_refused(importance) -> None:
 def test_win_head_is_eq_1_2_4_computed_by_hand() -> None:
     """WIN's initial head: autograd Fisher per group -> normalize, mean -> sqrt row sums -> SVD of Î W."""
     from fairtune.config import FinetuneGrid
-    from fairtune.methods import get_method
+    from fairtune.methods import build_method
+    from fairtune.methods.lowrank import LowRankParams, WinParams
     from fairtune.training import TrainingData
 
     generator = torch.Generator().manual_seed(11)
@@ -138,10 +139,10 @@ def test_win_head_is_eq_1_2_4_computed_by_hand() -> None:
     u, sv, vh = torch.linalg.svd(iota[:, None] * layer.weight.detach().double().T, full_matrices=False)
     expected = ((u[:, :1] * sv[:1]) / iota[:, None] @ vh[:1]).T  # A B in nn.Linear layout, (k, d)
 
-    win = get_method("win")
+    win = build_method("win")
     grid = FinetuneGrid(ranks=(1,), operators=("mean",))
-    head = win.initial_head(layer, win.prepare(layer, train, grid), {"rank": 1, "operator": "mean", "lr": 0.01})
+    head = win.initial_head(layer, win.prepare(layer, train, grid), WinParams(1, "mean", 0.01))
 
     torch.testing.assert_close((head.second.weight @ head.first.weight).double(), expected, rtol=1e-4, atol=1e-6)
-    plain = get_method("svd").initial_head(layer, None, {"rank": 1, "lr": 0.01})
+    plain = build_method("svd").initial_head(layer, None, LowRankParams(1, 0.01))
     assert not torch.allclose(head.second.weight @ head.first.weight, plain.second.weight @ plain.first.weight, atol=1e-3)

@@ -76,6 +76,10 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def _path(path: Path | None) -> str | None:
+    return str(path) if path else None
+
+
 def _split(text: str | None) -> dict[str, float | int] | None:
     if text is None:
         return None
@@ -102,16 +106,19 @@ def main_options(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _methods_help() -> str:
+    from .catalogue import help_text
+
+    return "Comma-separated method specs NAME[:VALUE]: " + help_text() + "."
+
+
 @app.command()
 @user_errors
 def run(
-    dataset: Annotated[str, typer.Option(help="Data set: 'adult' (bundled, the default), 'csv' (your file, see --csv), or an image data set.")] = "adult",
-    methods: Annotated[str, typer.Option(help="Comma-separated methods: tl (transfer learning), svd (f+SVD), win (weight importance neutralization); "
-                                                      "retrain-eo:λ / retrain-dp:λ (fine-tuning + relaxed equalized-odds / demographic-parity regularizer of intensity λ, e.g. retrain-eo:0.1; bare = 0.5; see --retrain-scope); "
-                                                      "peers on the same frozen features: logreg (logistic regression), fairlearn-eg-eo / fairlearn-eg-dp (ExponentiatedGradient, EqualizedOdds / DemographicParity), "
-                                                      "fairlearn-to-eo / fairlearn-to-dp (ThresholdOptimizer, equalized_odds / demographic_parity).")] = "tl,svd,win",
+    dataset: Annotated[str, typer.Option(help="Data set: 'adult' (bundled, the default), 'csv' (your file, see --csv), or an image data set (digits-bias, celeba, lfw, image-folder).")] = "adult",
+    methods: Annotated[str, typer.Option(help=_methods_help())] = "tl,svd,win",
     seeds: Annotated[int, typer.Option(min=1, help="Number of seeds (0..N-1); each seed re-splits the data, pre-trains (cached) and fine-tunes.")] = 10,
-    out: Annotated[Path, typer.Option(help="Output folder for results.csv, summary.csv, selections.json, config.json.")] = Path("runs/latest"),
+    out: Annotated[Path, typer.Option(help="Output folder for results.csv, summary.csv, summary.md, selections.json, config.json.")] = Path("runs/latest"),
     save_predictions: Annotated[bool, typer.Option("--save-predictions", help="Also write predictions.csv (method, seed, y_true, y_pred, sensitive) for the test split.")] = False,
     csv: Annotated[Path | None, typer.Option(help="CSV file for --dataset csv (one row per sample; '?' or empty = missing).")] = None,
     target: Annotated[str | None, typer.Option(help="Label column for --dataset csv.")] = None,
@@ -128,64 +135,45 @@ def run(
     workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes reading images.")] = 0,
     layer: Annotated[str | None, typer.Option(help="Name of the nn.Linear to fine-tune (default: the last, 'output' for the MLP).")] = None,
     ranks: Annotated[str, typer.Option(help="Ranks r searched for svd/win (r <= min(d, k); k = 2 for a binary head).")] = "1,2",
+    rank_fractions: Annotated[str, typer.Option(help="Ranks of the hidden/all-layer variants as fractions f of each layer's max rank: ceil(f·min(d,k)).")] = "0.25,0.5,1",
     lrs: Annotated[str, typer.Option(help="Learning rates searched (Adam).")] = "0.001,0.01",
     epochs: Annotated[str, typer.Option(help="Fine-tuning epochs searched (checkpoints of one run).")] = "5,20",
     operators: Annotated[str, typer.Option(help="Neutralization operators searched for win: mean, geometric, min, harmonic, pooled (= no neutralization).")] = "mean,geometric,min,harmonic,pooled",
     fisher: Annotated[str, typer.Option(help="Fisher information: 'empirical' (data labels) or 'true' (expected over the model's labels).")] = "empirical",
+    batch_size: Annotated[int, typer.Option(min=1, help="Fine-tuning mini-batch size.")] = 256,
     selection: Annotated[str, typer.Option(help="Validation metric minimized to choose settings: err, delta_eo, delta_dp, err+delta_eo.")] = "err",
     retrain_scope: Annotated[str, typer.Option(help="What retrain-eo/retrain-dp update: 'all' (every parameter of the pre-trained model, on its inputs) or 'last' (the target layer only, like TL).")] = "all",
     hidden: Annotated[str, typer.Option(help="Hidden widths of the pre-trained MLP.")] = "64,32",
     pretrain_epochs: Annotated[int, typer.Option(min=1, help="Epochs of MLP pre-training on the source split.")] = 20,
     cache_dir: Annotated[Path | None, typer.Option(help="Cache of pre-trained models (default $FAIRTUNE_CACHE or ~/.cache/fairtune).")] = None,
-    processes: Annotated[int, typer.Option(min=1, help="Run the (method, seed) fits in this many local processes (same results; see fairtune sweep for grids and clusters).")] = 1,
+    device: Annotated[str | None, typer.Option(help="Torch device of the model and features: cpu (default), cuda, cuda:1, ...")] = None,
+    processes: Annotated[int, typer.Option(min=1, help="Run the (method, seed) units in this many local processes (same results).")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Compare fine-tuning methods on one data set over seeds; print mean ± std and write CSV/JSON files."""
-    from ._io import ensure_writable_dir, write_csv, write_json, write_text
-    from .experiments import RunConfig, run as run_experiment, run_metadata, summarize
-    from .report import summary_table, to_markdown
+    from .experiments import RunConfig, choose_executor, run as run_experiment, summarize
+    from .report import summary_table
 
     config = RunConfig.model_validate({
         "data": {
-            "dataset": dataset, "csv": str(csv) if csv else None, "target": target, "sensitive": sensitive,
+            "dataset": dataset, "csv": _path(csv), "target": target, "sensitive": sensitive,
             "positive": positive, "keep_sensitive": keep_sensitive, "drop_missing": drop_missing,
-            "split": _split(split), "split_seed": split_seed,
-            "data_dir": str(data_dir) if data_dir else None, "weights": str(weights) if weights else None,
+            "split": _split(split), "split_seed": split_seed, "data_dir": _path(data_dir), "weights": _path(weights),
             "arch": arch, "image_size": image_size, "workers": workers,
         },
         "pretrain": {"hidden": _ints(hidden, "hidden"), "epochs": pretrain_epochs},
         "finetune": {
-            "ranks": _ints(ranks, "ranks"), "lrs": _floats(lrs, "lrs"), "epochs": _ints(epochs, "epochs"),
-            "operators": _words(operators), "fisher": fisher, "selection": selection, "retrain_scope": retrain_scope,
+            "ranks": _ints(ranks, "ranks"), "rank_fractions": _floats(rank_fractions, "rank-fractions"),
+            "lrs": _floats(lrs, "lrs"), "epochs": _ints(epochs, "epochs"), "operators": _words(operators),
+            "fisher": fisher, "batch_size": batch_size, "selection": selection, "retrain_scope": retrain_scope,
         },
         "methods": _words(methods), "seeds": tuple(range(seeds)), "target_layer": layer,
-        "cache_dir": str(cache_dir) if cache_dir else None,
+        "cache_dir": _path(cache_dir), "device": device,
     })
-    out_is_new = not out.exists()
-    out_dir = ensure_writable_dir(out)  # fail fast, before pre-training, if it cannot be written
-    started = time.perf_counter()
-    try:
-        if processes > 1:
-            from .experiments.sweep import ProcessExecutor, run_parallel
-
-            result = run_parallel(config, ProcessExecutor(processes), keep_predictions=save_predictions)
-        else:
-            result = run_experiment(config, keep_predictions=save_predictions, progress=not quiet and sys.stderr.isatty())
-    except BaseException:
-        if out_is_new and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # a failed run leaves no output behind, not even an empty folder
-        raise
-    summary = summarize(result.results)
-    table = summary_table(summary)
-    write_csv(result.results, out_dir / "results.csv")
-    write_csv(summary, out_dir / "summary.csv")
-    write_json(result.selections, out_dir / "selections.json")
-    write_text(to_markdown(table), out_dir / "summary.md")
-    if result.predictions is not None:
-        write_csv(result.predictions, out_dir / "predictions.csv")
-    write_json({**run_metadata(config), "command": sys.argv, "wall_seconds": round(time.perf_counter() - started, 2)}, out_dir / "config.json")
-    typer.echo(table.to_string(index=False))
-    typer.echo(f"\nwrote {out_dir}/results.csv, summary.csv, summary.md, selections.json, config.json"
+    result = run_experiment(config, out=out, keep_predictions=save_predictions, executor=choose_executor(processes=processes),
+                            progress=not quiet and sys.stderr.isatty())
+    typer.echo(summary_table(summarize(result.results)).to_string(index=False))
+    typer.echo(f"\nwrote {out}/results.csv, summary.csv, summary.md, selections.json, config.json"
                + (", predictions.csv" if result.predictions is not None else ""))
 
 
@@ -194,23 +182,20 @@ def run(
 def sweep(
     config: Annotated[Path, typer.Argument(help="Sweep grid, YAML or TOML: datasets, methods, settings, seeds, pretrain, out (see fairtune.experiments.sweep).")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default: the config's 'out', else runs/sweep). Finished units are kept in OUT/units/ and skipped on restart.")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Local worker processes (ignored with --scheduler).")] = 1,
+    processes: Annotated[int, typer.Option(min=1, help="Local processes running the units (ignored with --scheduler).")] = 1,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address tcp://HOST:PORT (default $DASK_SCHEDULER_ADDRESS); runs the units on that cluster.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run a grid of (data set, method, setting, seed) units in parallel; resumable; writes OUT/results.csv."""
     from tqdm.auto import tqdm
 
-    from ._io import ensure_writable_dir
-    from .experiments.sweep import choose_executor, completed_units, load_sweep_config, sweep as run_sweep
+    from .experiments import choose_executor
+    from .experiments.sweep import load_sweep_config, sweep as run_sweep
 
     grid = load_sweep_config(config)
-    out_dir = ensure_writable_dir(out or Path(grid.out or "runs/sweep"))
-    executor = choose_executor(workers=workers, scheduler=scheduler)
-    done, total = len(completed_units(grid, out_dir)), len(grid.units())
-    with tqdm(total=total, initial=done, desc="sweep", unit="unit", disable=quiet) as bar:
-        results = run_sweep(grid, out_dir, executor=executor, on_unit=lambda _unit: bar.update(1))
-    typer.echo(f"{total} units ({done} reused from {out_dir}/units); wrote {out_dir}/results.csv ({len(results)} rows)")
+    out_dir = out or Path(grid.out or "runs/sweep")
+    results = run_sweep(grid, out_dir, executor=choose_executor(processes=processes, scheduler=scheduler), progress=not quiet)
+    typer.echo(f"{len(results)} units ({results.attrs['reused']} reused from {out_dir}/units); wrote {out_dir}/results.csv")
 
 
 @app.command()
@@ -226,19 +211,17 @@ def reproduce(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Reproduce the paper's study on a data set; resumable; writes tables, figures and report.md/html."""
-    from ._io import ensure_writable_dir
     from .experiments.reproduce import reproduce_adult, study_config
 
     config = study_config(
         dataset, seeds=seeds, quick=quick, methods=_words(methods) if methods is not None else None,
         lambdas=_floats(lambdas, "lambdas") if lambdas is not None else None, cache_dir=str(cache_dir) if cache_dir else None,
     )
-    out_dir = ensure_writable_dir(out)
-    outcome = reproduce_adult(config, out_dir, progress=not quiet, command=sys.argv)
+    outcome = reproduce_adult(config, out, progress=not quiet, command=sys.argv)
     for name, table in outcome["tables"].items():
         typer.echo(f"\n{name}\n{table.to_string(index=False)}")
     typer.echo(f"\n{outcome['computed']} units computed, {outcome['reused']} reused; {outcome['wall_seconds']:.1f} s; "
-               f"wrote {out_dir}/report.html, report.md, table2/table3/ablation (.csv, .md), figures/")
+               f"wrote {out}/report.html, report.md, table2/table3/ablation (.csv, .md), figures/")
 
 
 @app.command()
@@ -256,37 +239,32 @@ def study(
     target: Annotated[str | None, typer.Option(help="Label column for --dataset csv.")] = None,
     sensitive: Annotated[str | None, typer.Option(help="Sensitive column for --dataset csv.")] = None,
     positive: Annotated[str | None, typer.Option(help="Positive label value for --dataset csv.")] = None,
-    lrs: Annotated[str, typer.Option(help="Learning rates searched on validation.")] = "0.01",
-    epochs: Annotated[str, typer.Option(help="Epoch checkpoints searched on validation.")] = "5,20",
-    operators: Annotated[str, typer.Option(help="Neutralization operators searched on validation (pooled = no neutralization).")] = "mean,min,pooled",
-    rank_fractions: Annotated[str, typer.Option(help="Rank fractions searched on validation by the deep variants.")] = "0.25,1",
+    lrs: Annotated[str | None, typer.Option(help="Learning rates searched on validation (default 0.01).")] = None,
+    epochs: Annotated[str | None, typer.Option(help="Epoch checkpoints searched on validation (default 5,20).")] = None,
+    operators: Annotated[str | None, typer.Option(help="Neutralization operators searched on validation (default mean,min,pooled; pooled = no neutralization).")] = None,
+    rank_fractions: Annotated[str | None, typer.Option(help="Rank fractions searched on validation by the deep variants (default 0.25,1).")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Cache of pre-trained models.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Study where the neutralized importance changes the outcome; resumable; writes study.md and plots."""
-    from ._io import ensure_writable_dir
-    from .experiments.study import StudyConfig, neutralization_study, write_study
+    from .experiments.study import StudyConfig, run_study
 
     if subject != "neutralization":
         raise ConfigError(f"unknown study {subject!r}; available: neutralization")
-    run_settings = {
-        "data": {"dataset": dataset, "csv": str(csv) if csv else None, "target": target, "sensitive": sensitive, "positive": positive},
-        "finetune": {"lrs": _floats(lrs, "lrs"), "epochs": _ints(epochs, "epochs"), "operators": _words(operators),
-                     "rank_fractions": _floats(rank_fractions, "rank-fractions")},
-        "seeds": tuple(range(seeds)), "cache_dir": str(cache_dir) if cache_dir else None,
+    grid = {"lrs": lrs and _floats(lrs, "lrs"), "epochs": epochs and _ints(epochs, "epochs"),
+            "operators": operators and _words(operators), "rank_fractions": rank_fractions and _floats(rank_fractions, "rank-fractions")}
+    settings = {
+        "data": {"dataset": dataset, "csv": _path(csv), "target": target, "sensitive": sensitive, "positive": positive},
+        "grid": {key: value for key, value in grid.items() if value is not None},
+        "seeds": tuple(range(seeds)), "cache_dir": _path(cache_dir), "sources": _words(sources),
+        "rank_sweep": _floats(rank_sweep, "rank-sweep"), "variants": variants and _words(variants),
+        "baselines": baselines and _words(baselines),
     }
-    settings: dict[str, object] = {"run": run_settings, "sources": _words(sources), "rank_sweep": _floats(rank_sweep, "rank-sweep")}
-    if variants is not None:
-        settings["variants"] = _words(variants)
-    if baselines is not None:
-        settings["baselines"] = _words(baselines)
-    config = StudyConfig.model_validate(settings)
-    out_dir = ensure_writable_dir(out)
+    config = StudyConfig.from_options(**{key: value for key, value in settings.items() if value is not None})
     started = time.perf_counter()
-    results = neutralization_study(config, out_dir, progress=not quiet)
-    markdown = write_study(results, config, out_dir)
+    markdown = run_study(config, out, progress=not quiet)
     typer.echo(markdown.split("\n\n### ")[0])
-    typer.echo(f"\n{time.perf_counter() - started:.1f} s; wrote {out_dir}/study.md, study.csv, study_summary.csv, dominance.csv, pareto_*.png")
+    typer.echo(f"\n{time.perf_counter() - started:.1f} s; wrote {out}/study.md, study.csv, study_summary.csv, dominance.csv, pareto_*.png")
 
 
 def main() -> None:

@@ -13,15 +13,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import ValidationError
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from torch import Tensor, nn
 
+from . import errors
 from ._validation import binary_labels, finite_features, group_codes
 from .config import FinetuneGrid
-from . import errors
+from .catalogue import CATALOGUE, MethodSpec, parse_methods
 from .errors import ConfigError, DataError, FairtuneError, ModelError
-from .experiments.run import compare_on_features
-from .factorization import count_parameters, find_linear, freeze_all_but_, replace_module_
-from .methods import FittedHead, get_method
+from .experiments.engine import compare_on_features
+from .factorization import find_linear, replace_module_
+from .methods import build_method
 from .models import extract_features
 from .training import TrainingData, predict_proba
 
@@ -82,44 +86,90 @@ def layer_features(model: nn.Module, layer: nn.Linear, data: Data, group_names: 
 
 NOT_LAST_LAYER = (
     "method {method!r} trains more than the target layer and is not available in FairFineTuner; "
-    "use tl, svd, win or a last-layer variant (tl-anchor, win-anchor)"
+    "use one of: {available}"
 )
 NOT_TORCH = "method {method!r} is not a torch fine-tuning method; compare() runs it beside the others"
+MEANINGLESS_ARGUMENT = "argument {argument}={value!r} means nothing for method {method!r}, which uses: {uses}"
+BAD_DEVICE = "device {device!r} is not available: {reason}"
+NOT_FITTED = "this FairFineTuner is not fitted yet; call fit() first"
+NO_SEEDS = "seeds is empty; give at least one seed"
+#: The arguments FairFineTuner passes to a method only where its catalogue entry uses them.
+METHOD_ARGUMENTS = ("rank", "operator", "fisher")
 
 
-class FairFineTuner:
+class NotFittedError(FairtuneError, SklearnNotFittedError):
+    """``predict`` before ``fit`` (also scikit-learn's ``NotFittedError``)."""
+
+
+def estimator_methods() -> list[str]:
+    """The catalogue's methods that :class:`FairFineTuner` fits: those that train on the target layer's features."""
+    return [name for name, info in CATALOGUE.items() if info.estimator_args]
+
+
+def _grid(settings: dict[str, Any]) -> FinetuneGrid:
+    try:
+        return FinetuneGrid(**settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        argument = {"ranks": "rank", "lrs": "lr", "epochs": "epochs", "operators": "operator"}.get(first["loc"][0], first["loc"][0])
+        raise ConfigError(f"invalid {argument} {first['input']!r}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def _device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """``device``, or the device of the model's first parameter (cpu for a model without any)."""
+    if device is None:
+        return next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        resolved = torch.device(device)
+        torch.empty(0, device=resolved)
+    except (RuntimeError, AssertionError) as exc:
+        raise ConfigError(BAD_DEVICE.format(device=str(device), reason=str(exc).splitlines()[0])) from None
+    return resolved
+
+
+class FairFineTuner(ClassifierMixin, BaseEstimator):
     """Fine-tune the linear layer of a pre-trained classifier, with WIN by default.
 
-    WIN (Zhang & Zhou 2024, Algorithm 1): freeze everything but the target ``nn.Linear``,
-    compute its Fisher information per sensitive group (Eq. 1), neutralize it (Eq. 2),
-    factorize the layer by the weighted SVD (Eq. 4) into l̂1 → l̂2 and fine-tune those.
+    WIN (Zhang & Zhou 2024, Algorithm 1; equations in ``docs/method.md``): freeze everything
+    but the target ``nn.Linear``, compute its Fisher information per sensitive group (Eq. 1),
+    neutralize it (Eq. 2), factorize the layer by the weighted SVD (Eq. 4) into l̂1 → l̂2 and
+    fine-tune those.
+
+    A scikit-learn estimator: ``get_params``/``set_params``, ``clone``, ``GridSearchCV`` and
+    fairlearn's ``ThresholdOptimizer(estimator=tuner, prefit=True)`` work with it.
 
     Parameters
     ----------
     model : a pre-trained classifier with two outputs (logits of Y=0, Y=1). Not modified.
-    method : ``"win"``, ``"svd"`` (f+SVD) or ``"tl"`` (fine-tune the layer as it is).
+    method : a method spec that trains on the target layer: ``"win"``, ``"svd"`` (f+SVD),
+        ``"tl"`` (the layer as it is), ``"tl-anchor[:μ]"``, ``"win-anchor[:μ]"``.
     layer : name of the target ``nn.Linear``; default the last one. It must produce the
         model's output.
-    rank, operator, fisher : WIN's settings (rank also for svd).
-    lr, epochs, batch_size, seed : fine-tuning settings (Adam, cross-entropy).
+    rank, operator, fisher : the factorization rank, neutralization operator and Fisher kind;
+        None = the method's default (1, ``"mean"``, ``"empirical"``). Setting one that the
+        method does not use is an error, not silently ignored.
+    lr, epochs, batch_size, seed : fine-tuning settings (Adam, cross-entropy). ``seed`` fixes the
+        batch order; torch's global random state is left as it was.
+    device : where to fine-tune (``"cpu"``, ``"cuda"``, ...); None = the model's device.
 
     Attributes
     ----------
-    model_ : the fine-tuned copy of ``model`` (the target layer replaced).
+    model_ : the fine-tuned copy of ``model`` (the target layer replaced), on ``device_``.
     layer_name_ : the target layer's name.
     trainable_params_ : parameters that were fine-tuned.
     group_names_ : the sensitive groups seen in ``fit``.
+    classes_ : ``array([0, 1])``.
 
     Example
     -------
     >>> tuner = FairFineTuner(model, method="win", rank=1).fit(X, y, sensitive_features=s)  # doctest: +SKIP
-    >>> tuner.predict(X_test)  # doctest: +SKIP
+    >>> tuner.predict_proba(X_test)[:, 1]  # doctest: +SKIP
     """
 
     def __init__(
-        self, model: nn.Module, *, method: str = "win", layer: str | None = None, rank: int = 1,
-        operator: str = "mean", fisher: str = "empirical", lr: float = 1e-2, epochs: int = 20,
-        batch_size: int = 256, seed: int = 0,
+        self, model: nn.Module | None = None, *, method: str = "win", layer: str | None = None, rank: int | None = None,
+        operator: str | None = None, fisher: str | None = None, lr: float = 1e-2, epochs: int = 20,
+        batch_size: int = 256, seed: int = 0, device: str | None = None,
     ) -> None:
         self.model = model
         self.method = method
@@ -131,45 +181,66 @@ class FairFineTuner:
         self.epochs = epochs
         self.batch_size = batch_size
         self.seed = seed
+        self.device = device
+
+    def _spec(self) -> MethodSpec:
+        spec = MethodSpec.parse(self.method)
+        if spec.info.family == "peer":
+            raise ConfigError(NOT_TORCH.format(method=self.method))
+        if not spec.info.estimator_args:
+            raise ConfigError(NOT_LAST_LAYER.format(method=self.method, available=", ".join(estimator_methods())))
+        for argument in METHOD_ARGUMENTS:
+            value = getattr(self, argument)
+            if value is not None and argument not in spec.info.estimator_args:
+                uses = ", ".join(spec.info.estimator_args)
+                raise ConfigError(MEANINGLESS_ARGUMENT.format(argument=argument, value=value, method=self.method, uses=uses))
+        return spec
 
     def fit(self, X: Any, y: Any = None, *, sensitive_features: Any = None) -> FairFineTuner:
         """Fine-tune on ``(X, y, sensitive_features)``, or on a DataLoader of ``(x, y, s)`` batches passed as ``X``."""
-        method = get_method(self.method)
-        grid = FinetuneGrid(ranks=(self.rank,), lrs=(self.lr,), epochs=(self.epochs,), operators=(self.operator,),
-                            fisher=self.fisher, batch_size=self.batch_size)
-        model = copy.deepcopy(self.model).eval()
+        if self.model is None:
+            raise ConfigError("FairFineTuner needs a model: FairFineTuner(model, ...)")
+        spec = self._spec()
+        grid = _grid({"ranks": (self.rank or 1,), "lrs": (self.lr,), "epochs": (self.epochs,),
+                      "operators": (self.operator or "mean",), "fisher": self.fisher or "empirical",
+                      "batch_size": self.batch_size})
+        device = _device(self.model, self.device)
+        model = copy.deepcopy(self.model).eval().to(device)
         name, layer = binary_head(model, self.layer)
         train, groups = layer_features(model, layer, X if y is None else (X, y, sensitive_features))
-        if method.needs_model(grid):
-            raise ConfigError(NOT_LAST_LAYER.format(method=self.method))
-        torch.manual_seed(self.seed)
-        params = method.candidates(layer, grid)[0]
-        fitted = method.fit(layer, train, method.prepare(layer, train, grid), params,
-                            epochs=self.epochs, batch_size=self.batch_size, seed=self.seed)
-        if not isinstance(fitted, FittedHead):
-            raise ConfigError(NOT_TORCH.format(method=self.method))
+        train = train.to(device)
+        method = build_method(spec, grid)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            fitted = method.fit(layer, train, method.prepare(layer, train, grid), method.estimator_params(layer, grid),
+                                epochs=self.epochs, batch_size=self.batch_size, seed=self.seed)
         if name:
             replace_module_(model, name, fitted.module)
         else:  # the model is the target layer itself
             model = fitted.module
-        freeze_all_but_(model, fitted.module)
-        self.model_, self.layer_name_, self.group_names_ = model, name, groups
-        self.trainable_params_ = count_parameters(model)
+        head = {id(p) for p in fitted.module.parameters()}
+        for parameter in model.parameters():  # the backbone stays frozen; the head keeps what it trained
+            if id(parameter) not in head:
+                parameter.requires_grad_(False)
+        self.model_, self.layer_name_, self.group_names_, self.device_ = model, name, groups, device
+        self.trainable_params_ = fitted.trainable_params
+        self.classes_ = np.array([0, 1])
         return self
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise FairtuneError("this FairFineTuner is not fitted yet; call fit() first")
+            raise NotFittedError(NOT_FITTED)
 
     @torch.no_grad()
     def predict_proba(self, X: Any) -> np.ndarray:
-        """P(Y=1 | x), ``(n,)``."""
+        """Class probabilities ``(n, 2)`` float64: columns P(Y=0 | x), P(Y=1 | x) (scikit-learn's layout)."""
         self._check_fitted()
-        return predict_proba(self.model_, _as_inputs(X))
+        positive = predict_proba(self.model_, _as_inputs(X).to(self.device_)).astype(np.float64)
+        return np.column_stack([1.0 - positive, positive])
 
     def predict(self, X: Any) -> np.ndarray:
-        """Predicted labels in {0, 1}."""
-        return (self.predict_proba(X) > 0.5).astype(np.int64)
+        """Predicted labels in {0, 1}: P(Y=1 | x) > 0.5."""
+        return (self.predict_proba(X)[:, 1] > 0.5).astype(np.int64)
 
 
 def compare(
@@ -188,13 +259,13 @@ def compare(
     Returns one row per (method, seed) with ``err, delta_dp, delta_eo, trainable_params``
     (method ``pretrained`` is the model as given). Backbone features are computed once.
     """
+    if not len(seeds):
+        raise ConfigError(NO_SEEDS)
+    parse_methods(tuple(methods))
     grid = grid or FinetuneGrid()
     model = copy.deepcopy(model).eval()  # the caller's model keeps its train/eval mode
     name, target = binary_head(model, layer)
     train_f, groups = layer_features(model, target, train)
     features = {"train": train_f, "val": layer_features(model, target, val, groups)[0], "test": layer_features(model, target, test, groups)[0]}
-    rows = []
-    for seed in seeds:
-        torch.manual_seed(seed)
-        rows += compare_on_features(target, features, methods, grid, seed=seed)[0]
+    rows = [result.row for seed in seeds for result in compare_on_features(target, features, methods, grid, seed=seed)]
     return pd.DataFrame(rows)

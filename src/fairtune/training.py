@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 #: ``penalty(logits, y, s, module) -> scalar`` is added to the cross-entropy of each batch.
@@ -35,6 +36,10 @@ class TrainingData:
     def __len__(self) -> int:
         return len(self.y)
 
+    def to(self, device: torch.device | str) -> TrainingData:
+        """The same data on ``device``."""
+        return TrainingData(self.x.to(device), self.y.to(device), self.s.to(device))
+
 
 @contextlib.contextmanager
 def intra_op_threads(threads: int | None) -> Iterator[None]:
@@ -50,7 +55,7 @@ def intra_op_threads(threads: int | None) -> Iterator[None]:
 
 def train_classifier(
     module: nn.Module,
-    data: TrainingData,
+    data: TrainingData | DataLoader,
     *,
     epochs: int,
     lr: float,
@@ -65,7 +70,9 @@ def train_classifier(
 ) -> nn.Module:
     """Train the parameters of ``module`` that require grad, in place; return ``module``.
 
-    Each epoch visits the data once in a seeded random order; the loss of a batch is
+    ``data`` is in memory (:class:`TrainingData`: each epoch visits it once in a random order
+    seeded by ``seed``, in batches of ``batch_size``) or a ``DataLoader`` of ``(x, y, s)``
+    batches that streams it (e.g. images; its own generator seeds the order). The loss of a batch is
     cross-entropy(module(x), y) + penalty(logits, y, s, module). ``on_epoch(epoch, module)``
     is called (in eval mode) after each epoch, counting from 1.
 
@@ -84,9 +91,17 @@ def train_classifier(
     return module
 
 
+def _batches(data: TrainingData, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """One epoch of ``data`` in a seeded random order."""
+    order = torch.randperm(len(data), generator=generator)
+    for start in range(0, len(data), batch_size):
+        idx = order[start:start + batch_size]
+        yield data.x[idx], data.y[idx], data.s[idx]
+
+
 def _train_epochs(
     module: nn.Module,
-    data: TrainingData,
+    data: TrainingData | DataLoader,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     epochs: int,
@@ -98,13 +113,11 @@ def _train_epochs(
 ) -> None:
     for epoch in tqdm(range(1, epochs + 1), desc=description, disable=not progress, leave=False):
         module.train()
-        order = torch.randperm(len(data), generator=generator)
-        for start in range(0, len(data), batch_size):
-            idx = order[start:start + batch_size]
-            logits = module(data.x[idx])
-            loss = F.cross_entropy(logits, data.y[idx])
+        for x, y, s in data if isinstance(data, DataLoader) else _batches(data, batch_size, generator):
+            logits = module(x)
+            loss = F.cross_entropy(logits, y)
             if penalty is not None:
-                loss = loss + penalty(logits, data.y[idx], data.s[idx], module)
+                loss = loss + penalty(logits, y, s, module)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -117,8 +130,9 @@ def _train_epochs(
 def predict_proba(module: nn.Module, x: Tensor, batch_size: int = 8192) -> np.ndarray:
     """P(Y=1 | x) from a two-class head, ``(n,)``."""
     module.eval()
-    chunks = [module(x[i:i + batch_size].float()).softmax(dim=1)[:, 1] for i in range(0, len(x), batch_size)]
-    return torch.cat(chunks).numpy()
+    dtype = next(module.parameters()).dtype
+    chunks = [module(x[i:i + batch_size].to(dtype)).softmax(dim=1)[:, 1] for i in range(0, len(x), batch_size)]
+    return torch.cat(chunks).cpu().numpy()
 
 
 def predict(module: nn.Module, x: Tensor) -> np.ndarray:

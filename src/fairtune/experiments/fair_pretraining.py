@@ -4,7 +4,7 @@ For each constraint (EO, DP), intensity λ and seed: pre-train the MLP on the so
 with ``cross_entropy + λ · relaxed gap`` (:func:`fairtune.methods.fairness.fairness_penalty`;
 cached like any pre-trained model, the penalty is part of the cache key), score it on the new
 task's test split, then fine-tune its last layer with TL (settings chosen on validation, as
-in :func:`fairtune.experiments.run.compare_on_features`) and score again. The paper's point:
+in :func:`fairtune.experiments.engine.compare_on_features`) and score again. The paper's point:
 fine-tuning re-introduces the bias that fair pre-training removed.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from ..config import DataConfig, FinetuneGrid, PretrainConfig
@@ -21,7 +20,7 @@ from ..data import load_task
 from ..factorization import find_linear
 from ..methods.fairness import Constraint, check_constraint, check_intensity, fairness_penalty
 from ..models import pretrained_mlp
-from .run import compare_on_features, split_features
+from .engine import compare_on_features, data_seed, new_task_splits, split_features
 
 #: The bias each constraint targets, as a results column suffix.
 BIAS_METRIC: dict[str, str] = {"eo": "delta_eo", "dp": "delta_dp"}
@@ -55,19 +54,18 @@ def fair_pretraining_study(
     rows = []
     with tqdm(total=len(seeds) * len(constraints) * len(lambdas), desc="fair pre-training", disable=not progress) as bar:
         for seed in seeds:
-            data_seed = data.split_seed if data.split_seed is not None else seed
-            task = load_task(data, seed=data_seed)
-            new_task = {k: v for k, v in task.splits().items() if k != "source"}
+            split_seed = data_seed(data, seed)
+            task = load_task(data, seed=split_seed)
+            new_task = new_task_splits(task)
             for kind in constraints:
                 for lam in lambdas:
                     model = pretrained_mlp(
-                        task, pretrain, seed=data_seed, cache_dir=cache_dir,
+                        task, pretrain, seed=split_seed, cache_dir=cache_dir,
                         penalty=fairness_penalty(kind, lam), penalty_id={"fairness": kind, "lambda": lam},
                     )
                     _, layer = find_linear(model)
-                    torch.manual_seed(seed)
-                    results, _, _ = compare_on_features(layer, split_features(model, layer, new_task), ["tl"], grid, seed=seed)
-                    before, after = (next(r for r in results if r["method"] == m) for m in ("pretrained", "tl"))
+                    before, after = (result.row for result in
+                                     compare_on_features(layer, split_features(model, layer, new_task), ["tl"], grid, seed=seed))
                     rows.append({
                         "constraint": kind, "lambda": lam, "seed": seed,
                         **{f"pretrain_{k}": before[k] for k in ("err", "delta_eo", "delta_dp")},

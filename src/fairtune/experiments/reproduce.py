@@ -2,19 +2,19 @@
 
 The study is cut into units, each one (study, method or setting, seed):
 
-- ``table3``: one method spec (``tl``, ``win``, ``retrain-eo:0.1``, a peer, ...) on one seed,
-  via :func:`fairtune.experiments.run.run` (settings chosen on validation);
-- ``pretrained``: the pre-trained model's test metrics on one seed (a by-product of any
-  ``table3`` unit of that seed);
-- ``ablation``: WIN with the grid restricted to one neutralization operator and one rank;
+- ``pretrained`` and ``table3``: the pre-trained model, and one method spec (``tl``, ``win``,
+  ``retrain-eo:0.1``, a peer, ...), on one seed: units of the engine
+  (:mod:`fairtune.experiments.engine`), computed exactly as ``fairtune run`` computes them;
+- ``ablation``: WIN with the grid restricted to one neutralization operator and one rank,
+  also an engine unit;
 - ``table2``: a fair pre-trained model (one constraint and λ), before and after fine-tuning,
   via :func:`fairtune.experiments.fair_pretraining.fair_pretraining_study`;
 - ``fisher``: the per-group Fisher of the pre-trained model's final layer (Figure 3).
 
-Each finished unit is stored in a :class:`~fairtune.experiments.store.ResultStore` under
-``DIR/units/``, keyed by its fields and every setting it depends on, so an interrupted run
-resumes where it stopped and a changed setting is recomputed instead of reused. The tables,
-figures and report are then written from the stored results alone.
+Each finished unit is stored in one :class:`~fairtune.experiments.store.ResultStore` under
+``DIR/units/``, keyed by every setting it depends on, so an interrupted run resumes where it
+stopped and a changed setting is recomputed instead of reused. The tables, figures and
+report are then written from the stored results alone.
 """
 
 from __future__ import annotations
@@ -28,12 +28,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from .. import __version__
-from .._io import write_csv, write_json, write_text
+from .._io import ensure_writable_dir, write_csv, write_json, write_text
+from ..catalogue import PRETRAINED
 from ..config import DataConfig, FinetuneGrid, Operator, PretrainConfig, SplitConfig, _Settings
 from ..data import load_task
 from ..errors import ConfigError
@@ -43,7 +42,8 @@ from ..models import pretrained_mlp
 from ..report import figures, html, tables
 from ..report import paper as paper_figures
 from .fair_pretraining import fair_pretraining_study
-from .run import RunConfig, run, split_features
+from .engine import Environment, Unit, execute, split_features
+from .outputs import run_metadata
 from .store import ResultStore, unit_key
 
 logger = logging.getLogger(__name__)
@@ -75,9 +75,9 @@ class ReproduceConfig(_Settings):
         """Retrain+EO/DP at every λ, then ``methods``: Table 3's rows after the pre-trained model."""
         return (*(f"retrain-{kind}:{lam:g}" for kind in self.constraints for lam in self.lambdas), *self.methods)
 
-    def run_config(self, methods: tuple[str, ...], seed: int, finetune: FinetuneGrid | None = None) -> RunConfig:
-        return RunConfig(data=self.data, pretrain=self.pretrain, finetune=finetune or self.finetune,
-                         methods=methods, seeds=(seed,), cache_dir=self.cache_dir)
+    def unit(self, method: str, seed: int, finetune: FinetuneGrid | None = None) -> Unit:
+        """The engine unit of ``method`` on ``seed`` (with ``finetune`` instead of the study's grid)."""
+        return Unit(data=self.data, pretrain=self.pretrain, finetune=finetune or self.finetune, method=method, seed=seed)
 
 
 def quick_config(seeds: int = 2, cache_dir: str | None = None) -> ReproduceConfig:
@@ -118,8 +118,8 @@ def study_config(
 
 
 @dataclass(frozen=True)
-class Unit:
-    """One resumable piece of work: its study, what identifies it, and the settings it depends on."""
+class StudyTask:
+    """A unit that is not a fine-tuning run: Table 2's fair pre-training, or Figure 3's Fisher."""
 
     study: str
     seed: int
@@ -131,33 +131,31 @@ class Unit:
         return unit_key(study=self.study, seed=self.seed, **self.fields, settings=self.settings)
 
 
-def _settings(config: ReproduceConfig, finetune: FinetuneGrid | None = None) -> dict[str, Any]:
-    return {"data": config.data.model_dump(mode="json"), "pretrain": config.pretrain.model_dump(mode="json"),
-            "finetune": (finetune or config.finetune).model_dump(mode="json")}
-
-
 def ablation_grid(config: ReproduceConfig, operator: str, rank: int) -> FinetuneGrid:
     """The fine-tuning grid restricted to one neutralization operator and one rank."""
     return config.finetune.model_copy(update={"operators": (operator,), "ranks": (rank,)})
 
 
-def plan_units(config: ReproduceConfig) -> list[Unit]:
-    """Every unit of the study, seed by seed (the pre-trained unit after the methods that produce it)."""
-    settings = _settings(config)
-    fisher_settings = {"data": settings["data"], "pretrain": settings["pretrain"], "kind": config.finetune.fisher}
-    units = [Unit("fisher", config.fisher_seed, {}, fisher_settings)]
+def plan_units(config: ReproduceConfig) -> list[tuple[str, dict[str, Any], Unit]]:
+    """The engine's units, labelled ``(study, fields, unit)``, seed by seed."""
+    planned = []
     for seed in config.seeds:
-        units += [Unit("table3", seed, {"method": m}, settings) for m in config.table3_methods()]
-        units.append(Unit("pretrained", seed, {}, settings))
-        units += [Unit("ablation", seed, {"operator": op, "rank": r}, _settings(config, ablation_grid(config, op, r)))
-                  for op in config.ablation_operators for r in config.ablation_ranks]
-        units += [Unit("table2", seed, {"constraint": kind, "lambda": lam}, settings)
-                  for kind in config.constraints for lam in config.lambdas]
-    return units
+        planned.append(("pretrained", {}, config.unit(PRETRAINED, seed)))
+        planned += [("table3", {}, config.unit(method, seed)) for method in config.table3_methods()]
+        planned += [("ablation", {"operator": op, "rank": r}, config.unit("win", seed, ablation_grid(config, op, r)))
+                    for op in config.ablation_operators for r in config.ablation_ranks]
+    return planned
 
 
-def _pretrained_unit(config: ReproduceConfig, seed: int) -> Unit:
-    return Unit("pretrained", seed, {}, _settings(config))
+def plan_tasks(config: ReproduceConfig) -> list[StudyTask]:
+    """Figure 3's Fisher, then Table 2's fair pre-training per seed, constraint and λ."""
+    settings = {"data": config.data.model_dump(mode="json"), "pretrain": config.pretrain.model_dump(mode="json"),
+                "finetune": config.finetune.model_dump(mode="json")}
+    fisher_settings = {"data": settings["data"], "pretrain": settings["pretrain"], "kind": config.finetune.fisher}
+    tasks = [StudyTask("fisher", config.fisher_seed, {}, fisher_settings)]
+    tasks += [StudyTask("table2", seed, {"constraint": kind, "lambda": lam}, settings)
+              for seed in config.seeds for kind in config.constraints for lam in config.lambdas]
+    return tasks
 
 
 def compute_fisher(config: ReproduceConfig, seed: int) -> dict[str, Any]:
@@ -165,34 +163,24 @@ def compute_fisher(config: ReproduceConfig, seed: int) -> dict[str, Any]:
 
     Returns ``{"weight": (G, k, d) nested lists, "group_names": [...]}``.
     """
-    data_seed = config.data.split_seed if config.data.split_seed is not None else seed
-    task = load_task(config.data, seed=data_seed)
-    model = pretrained_mlp(task, config.pretrain, seed=data_seed, cache_dir=config.cache_dir)
+    unit = config.unit(PRETRAINED, seed)
+    task = load_task(config.data, seed=unit.data_seed)
+    model = pretrained_mlp(task, config.pretrain, seed=unit.data_seed, cache_dir=config.cache_dir)
     _, layer = find_linear(model)
     train = split_features(model, layer, {"train": task.train})["train"]
     fisher = group_fisher(layer, feature_batches(train.x, train.y, train.s), task.n_groups, kind=config.finetune.fisher)
     return {"weight": fisher.weight.tolist(), "group_names": list(task.group_names)}
 
 
-def compute_unit(unit: Unit, config: ReproduceConfig, store: ResultStore) -> dict[str, Any]:
-    """Run one unit and return its result record (a ``table3`` unit also stores its seed's pre-trained row)."""
-    if unit.study == "fisher":
-        return compute_fisher(config, unit.seed)
-    if unit.study == "table2":
-        study = fair_pretraining_study(
-            config.data, config.pretrain, config.finetune, constraints=(unit.fields["constraint"],),
-            lambdas=(unit.fields["lambda"],), seeds=(unit.seed,), cache_dir=config.cache_dir, progress=False,
-        )
-        return study.iloc[0].to_dict()
-    if unit.study == "ablation":
-        grid = ablation_grid(config, unit.fields["operator"], unit.fields["rank"])
-        rows = run(config.run_config(("win",), unit.seed, grid), progress=False).results
-        return {**unit.fields, **rows[rows["method"] == "win"].iloc[0].to_dict()}
-    methods = () if unit.study == "pretrained" else (unit.fields["method"],)
-    rows = run(config.run_config(methods, unit.seed), progress=False).results
-    pretrained = rows[rows["method"] == "pretrained"].iloc[0].to_dict()
-    store.put(_pretrained_unit(config, unit.seed).key, {"study": "pretrained", "seed": unit.seed, "fields": {}, "row": pretrained})
-    return pretrained if unit.study == "pretrained" else rows[rows["method"] == methods[0]].iloc[0].to_dict()
+def compute_task(task: StudyTask, config: ReproduceConfig) -> dict[str, Any]:
+    """Run one :class:`StudyTask` and return its result row."""
+    if task.study == "fisher":
+        return compute_fisher(config, task.seed)
+    study = fair_pretraining_study(
+        config.data, config.pretrain, config.finetune, constraints=(task.fields["constraint"],),
+        lambdas=(task.fields["lambda"],), seeds=(task.seed,), cache_dir=config.cache_dir, progress=False,
+    )
+    return study.iloc[0].to_dict()
 
 
 @dataclass
@@ -206,39 +194,47 @@ class ReproduceResult:
     group_names: tuple[str, ...]
     computed: int  # units computed by this call (including by-products)
     reused: int  # units found in the store
-    unit_seconds: float  # compute time of all stored units, whichever call computed them
+    unit_seconds: float  # fit time of all stored units, whichever call computed them
 
 
 def reproduce(config: ReproduceConfig, directory: str | Path, *, progress: bool = True) -> ReproduceResult:
     """Run every unit of the study not yet in ``directory/units`` (a progress bar over units); return all results."""
     store = ResultStore(Path(directory) / "units")
-    units = plan_units(config)
-    done_before = {unit.key for unit in units if unit.key in store}
-    with tqdm(total=len(units), initial=len(done_before), desc="reproduce adult", unit="unit", disable=not progress) as bar:
-        for unit in units:
-            if unit.key in store:  # done before, or stored as a by-product of an earlier unit
-                bar.update(unit.key not in done_before)
+    planned, tasks = plan_units(config), plan_tasks(config)
+    units = [unit for _, _, unit in planned]
+    done_before = {unit.key for unit in units if unit.key in store} | {task.key for task in tasks if task.key in store}
+    total = len({unit.key for unit in units}) + len(tasks)
+    with tqdm(total=total, initial=len(done_before), desc="reproduce adult", unit="unit", disable=not progress) as bar:
+        for task in tasks:
+            if task.key in store:
                 continue
-            bar.set_postfix_str(f"{unit.study} seed {unit.seed} " + " ".join(f"{v}" for v in unit.fields.values()))
+            bar.set_postfix_str(f"{task.study} seed {task.seed} " + " ".join(f"{v}" for v in task.fields.values()))
             started = time.perf_counter()
-            row = compute_unit(unit, config, store)
-            store.put(unit.key, {"study": unit.study, "seed": unit.seed, "fields": unit.fields, "row": row,
+            row = compute_task(task, config)
+            store.put(task.key, {"study": task.study, "seed": task.seed, "fields": task.fields, "row": row,
                                  "seconds": round(time.perf_counter() - started, 3)})
             bar.update(1)
-    records = {unit.key: store.get(unit.key) for unit in units}
+
+        def finished(unit: Unit) -> None:
+            bar.set_postfix_str(f"seed {unit.seed} {unit.method}")
+            bar.update(1)
+
+        results = execute(units, Environment(cache_dir=config.cache_dir), store=store, on_unit=finished)
+    records = {task.key: store.get(task.key) for task in tasks}
 
     def rows(study: str) -> pd.DataFrame:
-        return pd.DataFrame([records[u.key]["row"] for u in units if u.study == study])
+        return pd.DataFrame([{**fields, **result.row} for (kind, fields, _), result in zip(planned, results) if kind == study])
 
-    order = ["pretrained", *config.table3_methods()]
-    results = pd.concat([rows("pretrained"), rows("table3")], ignore_index=True)
-    results = results.sort_values(["method", "seed"], key=lambda c: c.map(order.index) if c.name == "method" else c, kind="stable")
-    fisher = records[units[0].key]["row"]
+    order = [PRETRAINED, *config.table3_methods()]
+    table3 = pd.concat([rows("pretrained"), rows("table3")], ignore_index=True)
+    table3 = table3.sort_values(["method", "seed"], key=lambda c: c.map(order.index) if c.name == "method" else c, kind="stable")
+    fisher = records[tasks[0].key]["row"]
+    unit_seconds = sum(result.row["fit_seconds"] for result in results) + sum(r.get("seconds", 0.0) for r in records.values())
     return ReproduceResult(
-        results=results.reset_index(drop=True), ablation=rows("ablation"), fair_pretraining=rows("table2"),
+        results=table3.reset_index(drop=True), ablation=rows("ablation"),
+        fair_pretraining=pd.DataFrame([records[t.key]["row"] for t in tasks if t.study == "table2"]),
         fisher=np.asarray(fisher["weight"]), group_names=tuple(fisher["group_names"]),
-        computed=len(units) - len(done_before), reused=len(done_before),
-        unit_seconds=sum(record.get("seconds", 0.0) for record in records.values()),
+        computed=total - len(done_before), reused=len(done_before), unit_seconds=unit_seconds,
     )
 
 
@@ -300,15 +296,15 @@ def write_reproduction(
 
 def reproduce_adult(config: ReproduceConfig, directory: str | Path, *, progress: bool = True, command: list[str] | None = None) -> dict[str, Any]:
     """Run (or resume) the study and write everything; return the display tables and run facts."""
+    directory = ensure_writable_dir(directory)
     started = time.perf_counter()
     result = reproduce(config, directory, progress=progress)
     wall = time.perf_counter() - started
-    metadata = {"fairtune_version": __version__, "torch_version": torch.__version__,
-                "reproduce": config.model_dump(mode="json"), "command": command or [],
+    metadata = {**run_metadata(config), "command": command or [],
                 "wall_seconds": round(wall, 2), "unit_seconds": round(result.unit_seconds, 2), "units_computed": result.computed, "units_reused": result.reused}
     facts = [f"seeds: {len(config.seeds)} ({', '.join(map(str, config.seeds))}); every number is mean ± std over them",
              f"units computed by this call: {result.computed}, reused from `units/`: {result.reused}",
-             f"wall time of this call: {wall:.1f} s; compute time of all units (summed over calls): {result.unit_seconds:.1f} s",
+             f"wall time of this call: {wall:.1f} s; fit time of all units (summed over calls): {result.unit_seconds:.1f} s",
              f"fairtune {metadata['fairtune_version']}, torch {metadata['torch_version']}"]
     shown = write_reproduction(result, config, directory, facts=facts, metadata=metadata)
     return {"tables": shown, "wall_seconds": wall, "computed": result.computed, "reused": result.reused}

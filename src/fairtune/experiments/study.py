@@ -9,8 +9,9 @@ Runs, on one data set, over seeds and pre-training conditions:
 - pre-training on the source split as drawn, and on one balanced to equal base rates
   (``source_balance="base_rate"``), so that fine-tuning has bias to add.
 
-Each (condition, seed, rank fraction) is a unit in a :class:`ResultStore` (all methods of a
-unit share its data split, pre-trained model and features), so an interrupted study resumes. The report states, from the numbers, whether any WIN variant
+Every (condition, seed, method, rank fraction) is a unit of the engine
+(:mod:`fairtune.experiments.engine`) kept in a :class:`ResultStore`, so an interrupted study
+resumes; the pre-trained model is reported once per (condition, seed). The report states, from the numbers, whether any WIN variant
 reaches a point that no baseline dominates.
 """
 
@@ -25,11 +26,13 @@ import pandas as pd
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from .._io import write_csv, write_json, write_text
-from ..config import SourceBalance, _Settings
+from .._io import ensure_writable_dir, write_csv, write_json, write_text
+from ..catalogue import PRETRAINED, MethodSpec
+from ..config import FinetuneGrid, SourceBalance, _Settings
 from ..report import figures, tables
-from .run import RunConfig, run
-from .store import ResultStore, unit_key
+from .engine import Unit, execute
+from .run import RunConfig
+from .store import ResultStore
 
 BASELINES: tuple[str, ...] = ("tl", "svd", "retrain-eo:0.5", "retrain-dp:0.5", "logreg", "fairlearn-eg-eo", "fairlearn-to-eo")
 VARIANTS: tuple[str, ...] = ("win", "win-hidden", "svd-hidden", "win-all", "svd-all", "tl-anchor", "win-anchor", "win-hidden-anchor")
@@ -38,55 +41,62 @@ RANK_SWEEP_METHODS: tuple[str, ...] = ("win-hidden", "svd-hidden")
 
 def is_win_variant(method: str) -> bool:
     """WIN and the variants that use the neutralized importance (factorization or anchor)."""
-    name = method.split("@")[0].split(":")[0]
-    return name.startswith("win") or name.endswith("anchor")
+    return MethodSpec.parse(method).info.uses_importance
+
+
+#: The study's fine-tuning grid: one learning rate, three operators, two rank fractions.
+STUDY_GRID = FinetuneGrid(lrs=(0.01,), epochs=(5, 20), operators=("mean", "min", "pooled"), rank_fractions=(0.25, 1.0))
 
 
 class StudyConfig(_Settings):
     """The neutralization study: a base run configuration and what to vary."""
 
-    run: RunConfig = Field(default_factory=RunConfig)
+    run: RunConfig = Field(default_factory=lambda: RunConfig(finetune=STUDY_GRID))
     baselines: tuple[str, ...] = BASELINES
     variants: tuple[str, ...] = VARIANTS
     sources: tuple[SourceBalance, ...] = ("none", "base_rate")
     rank_sweep: tuple[float, ...] = Field((1 / 32, 1 / 8, 1 / 4, 1 / 2, 1.0), description="rank fractions of the sweep")
 
 
-def _unit_config(config: StudyConfig, source: str, methods: tuple[str, ...], seed: int, fraction: float | None) -> RunConfig:
-    base = config.run
-    finetune = base.finetune if fraction is None else base.finetune.model_copy(update={"rank_fractions": (fraction,)})
-    data = base.data.model_copy(update={"source_balance": source})
-    return base.model_copy(update={"data": data, "finetune": finetune, "methods": methods, "seeds": (seed,)})
+    @classmethod
+    def from_options(cls, *, data: dict[str, Any] | None = None, grid: dict[str, Any] | None = None, seeds: tuple[int, ...] | None = None,
+                     cache_dir: str | None = None, **study: Any) -> StudyConfig:
+        """The config of ``fairtune study``'s options: only those given change the defaults."""
+        run = {"data": data or {}, "finetune": {**STUDY_GRID.model_dump(), **(grid or {})}, "cache_dir": cache_dir}
+        if seeds is not None:
+            run["seeds"] = seeds
+        return cls.model_validate({"run": run, **study})
 
 
-def plan(config: StudyConfig) -> list[dict[str, Any]]:
-    """Units of work: per (source, seed), all methods in one run (data, model and features shared),
-    then one run per rank fraction of the sweep."""
-    units = []
+def plan(config: StudyConfig) -> list[tuple[str, MethodSpec, Unit]]:
+    """Units ``(source, spec, unit)``: per (source, seed), the pre-trained model, the baselines and the
+    variants, then each rank-sweep method at each rank fraction (``spec.fraction``)."""
+    base, planned = config.run, []
     for source in config.sources:
-        for seed in config.run.seeds:
-            units.append({"source": source, "seed": seed, "methods": (*config.baselines, *config.variants), "rank_fraction": None})
-            units += [{"source": source, "seed": seed, "methods": RANK_SWEEP_METHODS, "rank_fraction": f} for f in config.rank_sweep]
-    return units
+        data = base.data.model_copy(update={"source_balance": source})
+        for seed in base.seeds:
+            def unit(method: str, finetune: FinetuneGrid = base.finetune) -> Unit:
+                return Unit(data=data, pretrain=base.pretrain, finetune=finetune, method=method, seed=seed,
+                            target_layer=base.target_layer)
+
+            for method in (PRETRAINED, *config.baselines, *config.variants):
+                planned.append((source, MethodSpec.parse(method), unit(method)))
+            for fraction in config.rank_sweep:
+                grid = base.finetune.model_copy(update={"rank_fractions": (fraction,)})
+                for method in RANK_SWEEP_METHODS:
+                    spec = MethodSpec.parse(method)
+                    planned.append((source, MethodSpec(spec.name, spec.value, fraction), unit(method, grid)))
+    return planned
 
 
 def neutralization_study(config: StudyConfig, directory: str | Path, *, progress: bool = True) -> pd.DataFrame:
     """Run every unit not yet stored under ``directory/units``; return one row per (source, method, seed)."""
-    store = ResultStore(Path(directory) / "units")
-    rows = []
-    for unit in tqdm(plan(config), desc="neutralization study", unit="unit", disable=not progress):
-        run_config = _unit_config(config, unit["source"], unit["methods"], unit["seed"], unit["rank_fraction"])
-        key = unit_key(**unit, settings=run_config.model_dump(mode="json"))
-        if key not in store:
-            result = run(run_config, progress=False)
-            store.put(key, {"unit": unit, "rows": result.results.to_dict(orient="records"), "selections": result.selections})
-        fraction = unit["rank_fraction"]
-        for row in store.get(key)["rows"]:
-            if fraction is not None and row["method"] == "pretrained":
-                continue
-            method = row["method"] if fraction is None or row["method"] == "pretrained" else f"{row['method']}@{fraction:.3g}"
-            rows.append({**row, "source": unit["source"], "method": method})
-    return pd.DataFrame(rows)
+    planned = plan(config)
+    with tqdm(total=len(planned), desc="neutralization study", unit="unit", disable=not progress) as bar:
+        results = execute([unit for _, _, unit in planned], config.run.environment(), store=ResultStore(Path(directory) / "units"),
+                          on_unit=lambda _unit: bar.update(1))
+    return pd.DataFrame([{**result.row, "source": source, "method": str(spec)}
+                         for (source, spec, _), result in zip(planned, results)])
 
 
 def dominance(summary: pd.DataFrame, gap: str) -> pd.DataFrame:
@@ -132,6 +142,12 @@ def verdict(dominance_tables: Sequence[pd.DataFrame]) -> str:
     return "\n".join(lines)
 
 
+def run_study(config: StudyConfig, directory: str | Path, *, progress: bool = True) -> str:
+    """Run (or resume) the study into ``directory`` and write its report; return the markdown."""
+    out = ensure_writable_dir(directory)
+    return write_study(neutralization_study(config, out, progress=progress), config, out)
+
+
 def write_study(results: pd.DataFrame, config: StudyConfig, directory: str | Path) -> str:
     """Write study.csv, summary, dominance tables, the accuracy-fairness plots and study.md; return the markdown."""
     directory = Path(directory)
@@ -141,8 +157,8 @@ def write_study(results: pd.DataFrame, config: StudyConfig, directory: str | Pat
     sections, dominance_tables = [], []
     for source, part in summary.groupby("source", sort=False):
         part = part.drop(columns="source").reset_index(drop=True)
-        main = part[~part["method"].str.contains("@")]
-        sweep = part[part["method"].str.contains("@")]
+        swept = part["method"].map(lambda m: MethodSpec.parse(m).fraction is not None)
+        main, sweep = part[~swept], part[swept]
         figures.save_png(figures.accuracy_fairness(main, title=f"Neutralization study, source={source}: "
                                                    f"mean ± std over {int(main['seeds'].min())} seeds"),
                          directory / f"pareto_{source}.png")

@@ -14,9 +14,9 @@ A sweep config (YAML or TOML) names the grid::
     pretrain: {epochs: 20}                # shared PretrainConfig
     cache_dir: null                       # pre-trained model cache shared by all tasks
 
-Each unit is :func:`fairtune.experiments.run.run` restricted to one method and one seed. Units
-run in local processes (:class:`~concurrent.futures.ProcessPoolExecutor`) or on a Dask cluster
-(``distributed.Client(scheduler)``). Every finished unit is stored at once as one atomic JSON
+Each unit is one method on one seed, computed by the engine (:mod:`fairtune.experiments.engine`)
+exactly as ``fairtune run`` computes it; units run in local processes or on a Dask cluster
+(:mod:`fairtune.experiments.scheduling`). Every finished unit is stored at once as one atomic JSON
 file under ``OUT/units/`` (:class:`~fairtune.experiments.store.ResultStore`), so a killed sweep
 restarted with the same config skips what finished. ``OUT/results.csv`` is written (atomically)
 when every unit is done. Pre-trained models (and, for image data, backbone features) are computed
@@ -27,33 +27,28 @@ own copy, with the same result).
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
-import multiprocessing
 import os
 import tomllib
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 import yaml
+from tqdm.auto import tqdm
 from pydantic import Field, ValidationError, field_validator
 
 from .._io import ensure_writable_dir, write_csv, write_json
+from ..catalogue import PRETRAINED, parse_methods
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
 from ..errors import ConfigError
-from ..methods import METHODS
-from .run import RunConfig, RunResult, run
-from .store import ResultStore, unit_key
+from .engine import Environment, Unit, execute
+from .scheduling import SerialExecutor
+from .store import ResultStore
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable naming a Dask scheduler (the ``dask`` convention).
-SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 #: Columns of ``results.csv`` that identify a unit; the metrics follow.
 UNIT_COLUMNS = ["dataset", "setting", "method", "seed"]
 
@@ -73,35 +68,27 @@ class SweepConfig(_Settings):
     @field_validator("seeds", mode="before")
     @classmethod
     def _count_means_range(cls, value: Any) -> Any:
-        return tuple(range(value)) if isinstance(value, int) and not isinstance(value, bool) else value
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError(f"a seed count must be >= 1, got {value}")
+            return tuple(range(value))
+        return value
 
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [m for m in value if m not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(METHODS)}")
-        return value
+        try:
+            return tuple(str(spec) for spec in parse_methods(value))
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
-    def units(self) -> list[dict[str, Any]]:
-        """Every (data set, setting, method, seed), in a fixed order: the rows' order in results.csv."""
+    def labelled_units(self) -> list[tuple[str, str, Unit]]:
+        """``(data set, setting, unit)`` in grid order: data set, setting, seed, then ``pretrained`` and the methods."""
         return [
-            {"dataset": d, "setting": s, "method": m, "seed": seed}
-            for d in self.datasets for s in self.settings for m in self.methods for seed in self.seeds
+            (d, s, Unit(data=data, pretrain=self.pretrain, finetune=grid, method=method, seed=seed, target_layer=self.target_layer))
+            for d, data in self.datasets.items() for s, grid in self.settings.items()
+            for seed in self.seeds for method in (PRETRAINED, *self.methods)
         ]
-
-    def run_config(self, unit: dict[str, Any]) -> RunConfig:
-        """The one-method, one-seed :class:`RunConfig` that computes ``unit``."""
-        return RunConfig(
-            data=self.datasets[unit["dataset"]], pretrain=self.pretrain, finetune=self.settings[unit["setting"]],
-            methods=(unit["method"],), seeds=(unit["seed"],), target_layer=self.target_layer, cache_dir=self.cache_dir,
-        )
-
-    def key(self, unit: dict[str, Any]) -> str:
-        """Store key: hashes everything the unit's result depends on, so an edited config never reuses stale units."""
-        config = self.run_config(unit).model_dump(mode="json")
-        config.pop("cache_dir")
-        return unit_key(**unit, config=config)
 
 
 def _error_location(error: dict[str, Any]) -> str:
@@ -120,7 +107,8 @@ def validate_sweep(raw: Any, *, source: str = "sweep config") -> SweepConfig:
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
         if first["type"] == "extra_forbidden":
             raise ConfigError(f"{source}: unknown key {where!r}{more}") from None
-        raise ConfigError(f"{source}: invalid value for {where!r}: {first['msg']}{more}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{source}: invalid value for {where!r}: {message}{more}") from None
 
 
 def load_sweep_config(path: str | os.PathLike[str]) -> SweepConfig:
@@ -141,203 +129,40 @@ def load_sweep_config(path: str | os.PathLike[str]) -> SweepConfig:
     return validate_sweep(raw, source=str(config_path))
 
 
-@contextlib.contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    """Run with ``count`` intra-op threads, so results do not depend on how many workers share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def prepare_unit(config: RunConfig) -> None:
-    """Once per (data set, seed), before its units: pre-train the model into the cache and, for
-    image data, compute the backbone features into the feature cache; the units then only load them."""
-    from ..data import load_task
-    from ..factorization import find_linear
-    from .run import new_task_features, pretrained_model
-
-    seed = config.seeds[0] if config.data.split_seed is None else config.data.split_seed
-    with _torch_threads(1):
-        task = load_task(config.data, seed=seed)
-        model = pretrained_model(task, config, seed)
-        if not isinstance(task.train.inputs, torch.Tensor):  # tabular features are cheaper to recompute than to store
-            _, layer = find_linear(model, config.target_layer)
-            new_task_features(model, layer, {k: v for k, v in task.splits().items() if k != "source"}, config)
-
-
-def run_unit(config: RunConfig) -> dict[str, Any]:
-    """One unit: ``run(config)`` for its single method and seed, as a JSON-ready record."""
-    with _torch_threads(1):
-        result = run(config, progress=False)
-    return {"columns": list(result.results.columns), "rows": result.results.to_dict(orient="records"), "selections": result.selections}
-
-
-def _one_per_data_seed(configs: list[RunConfig]) -> list[RunConfig]:
-    """One config per distinct (data, pre-training seed): the work :func:`prepare_unit` does once."""
-    distinct: dict[tuple[str, int], RunConfig] = {}
-    for config in configs:
-        seed = config.seeds[0] if config.data.split_seed is None else config.data.split_seed
-        distinct.setdefault((config.data.model_dump_json(), seed), config)
-    return list(distinct.values())
-
-
-Task = Callable[[RunConfig], Any]
-
-
-class SerialExecutor:
-    """Run tasks one after the other in this process. Executors are context managers with ``imap``."""
-
-    def __enter__(self) -> SerialExecutor:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
-
-    def imap(self, function: Task, configs: list[RunConfig]) -> Iterator[tuple[int, Any]]:
-        """Yield ``(index, function(configs[index]))`` as tasks finish."""
-        for index, config in enumerate(configs):
-            yield index, function(config)
-
-
-class ProcessExecutor(SerialExecutor):
-    """Run tasks in ``workers`` local processes, spawned once per sweep (no state inherited from the caller)."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self._pool: ProcessPoolExecutor | None = None
-
-    def __enter__(self) -> ProcessExecutor:
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._pool.shutdown(cancel_futures=True)
-
-    def imap(self, function: Task, configs: list[RunConfig]) -> Iterator[tuple[int, Any]]:
-        futures = {self._pool.submit(function, config): index for index, config in enumerate(configs)}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
-
-
-class DaskExecutor(SerialExecutor):
-    """Run tasks on the Dask cluster at ``scheduler`` (``tcp://HOST:PORT``); its workers need fairtune installed."""
-
-    def __init__(self, scheduler: str) -> None:
-        self.scheduler = scheduler
-        self._client: Any = None
-
-    def __enter__(self) -> DaskExecutor:
-        try:
-            from distributed import Client
-        except ImportError:
-            raise ConfigError("--scheduler needs dask's distributed package: pip install 'fairtune[dask]'") from None
-        try:
-            self._client = Client(self.scheduler, timeout="20s")
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise ConfigError(f"cannot connect to the Dask scheduler at {self.scheduler}: {' '.join(str(exc).split())}") from None
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._client.close()
-
-    def imap(self, function: Task, configs: list[RunConfig]) -> Iterator[tuple[int, Any]]:
-        from distributed import as_completed as dask_as_completed
-
-        futures = self._client.map(function, configs, pure=False)
-        index = {future.key: i for i, future in enumerate(futures)}
-        for future in dask_as_completed(futures):
-            yield index[future.key], future.result()
-
-
-def choose_executor(*, workers: int = 1, scheduler: str | None = None) -> SerialExecutor:
-    """Dask when a scheduler is named (argument or ``$DASK_SCHEDULER_ADDRESS``), else local processes (or this one)."""
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
-    scheduler = scheduler or os.environ.get(SCHEDULER_ENV) or None
-    if scheduler:
-        return DaskExecutor(scheduler)
-    return ProcessExecutor(workers) if workers > 1 else SerialExecutor()
-
-
-def results_frame(sweep: SweepConfig, store: ResultStore) -> pd.DataFrame:
-    """One row per (data set, setting, method, seed) plus each (data set, setting, seed)'s ``pretrained`` row.
-
-    Rows are in grid order: data set, setting, seed, then ``pretrained`` and the methods as listed.
-    """
-    records = [store.get(sweep.key(unit)) for unit in sweep.units()]
-    rows = [{"dataset": r["unit"]["dataset"], "setting": r["unit"]["setting"], **row} for r in records for row in r["rows"]]
-    columns = ["dataset", "setting"] + records[0]["columns"]
-    frame = pd.DataFrame(rows, columns=columns).drop_duplicates(UNIT_COLUMNS)  # every unit of a seed repeats its pretrained row
-    rank = {
-        "dataset": {name: i for i, name in enumerate(sweep.datasets)},
-        "setting": {name: i for i, name in enumerate(sweep.settings)},
-        "method": {"pretrained": -1} | {name: i for i, name in enumerate(sweep.methods)},
-    }
-    ordered = frame.sort_values(["dataset", "setting", "seed", "method"], key=lambda c: c.map(rank[c.name]) if c.name in rank else c)
-    return ordered.reset_index(drop=True)
-
-
 def sweep(
     config: SweepConfig,
     out: str | os.PathLike[str],
     *,
     executor: SerialExecutor | None = None,
-    on_unit: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+    on_unit: Callable[[Unit], None] | None = None,
 ) -> pd.DataFrame:
     """Run every unit of ``config`` not yet stored under ``out/units``; write and return ``out/results.csv``.
 
-    ``on_unit`` is called with each unit as it is stored (e.g. to show progress).
+    ``progress`` shows a bar over units (those already stored count as done); ``on_unit`` is
+    called with each unit as it is stored. ``attrs["reused"]`` of the result counts the units
+    found in the store.
     """
     out_dir = ensure_writable_dir(out)
+    labelled = config.labelled_units()
+    units = [unit for _, _, unit in labelled]
     store = ResultStore(out_dir / "units")
-    pending = [unit for unit in config.units() if config.key(unit) not in store]
-    logger.info("%d of %d units to run", len(pending), len(config.units()))
-    write_json({"sweep": config.model_dump(mode="json"), "units": len(config.units())}, out_dir / "sweep.json")
-    if pending:
-        with (executor or SerialExecutor()) as tasks:
-            for _ in tasks.imap(prepare_unit, _one_per_data_seed([config.run_config(unit) for unit in pending])):
-                pass
-            for index, record in tasks.imap(run_unit, [config.run_config(unit) for unit in pending]):
-                unit = pending[index]
-                store.put(config.key(unit), {"unit": unit, **record})
-                if on_unit:
-                    on_unit(unit)
-    results = results_frame(config, store)
-    write_csv(results, out_dir / "results.csv")
-    return results
+    reused = len({unit.key for unit in units if unit.key in store})
+    with tqdm(total=len({unit.key for unit in units}), initial=reused, desc="sweep", unit="unit", disable=not progress) as bar:
+        def finished(unit: Unit) -> None:
+            bar.update(1)
+            if on_unit:
+                on_unit(unit)
+
+        results = execute(units, Environment(cache_dir=config.cache_dir), executor=executor, store=store, on_unit=finished)
+    frame = pd.DataFrame([{"dataset": d, "setting": s, **result.row} for (d, s, _), result in zip(labelled, results)])
+    write_json({"sweep": config.model_dump(mode="json"), "units": len(units)}, out_dir / "sweep.json")
+    write_csv(frame, out_dir / "results.csv")
+    frame.attrs["reused"] = reused
+    return frame
 
 
-def completed_units(config: SweepConfig, out: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def completed_units(config: SweepConfig, out: str | os.PathLike[str]) -> list[Unit]:
     """The units of ``config`` already stored under ``out/units``."""
     store = ResultStore(Path(out) / "units")
-    return [unit for unit in config.units() if config.key(unit) in store]
-
-
-def _unit_run_result(config: RunConfig, *, keep_predictions: bool) -> RunResult:
-    with _torch_threads(1):
-        return run(config, keep_predictions=keep_predictions, progress=False)
-
-
-def run_parallel(config: RunConfig, executor: SerialExecutor, *, keep_predictions: bool = False) -> RunResult:
-    """:func:`~fairtune.experiments.run.run` with each (method, seed) as one task on ``executor``.
-
-    Same rows, selections and predictions in the same order as ``run(config)`` (each seed's
-    ``pretrained`` row once, first); ``fairtune run --processes N``.
-    """
-    units = [{"seed": seed, "method": method} for seed in config.seeds for method in config.methods]
-    configs = [config.model_copy(update={"methods": (u["method"],), "seeds": (u["seed"],)}) for u in units]
-    with executor as tasks:
-        for _ in tasks.imap(prepare_unit, _one_per_data_seed(configs)):
-            pass
-        finished = dict(tasks.imap(functools.partial(_unit_run_result, keep_predictions=keep_predictions), configs))
-    parts = [finished[i] for i in range(len(configs))]
-    first_of_seed = [i % len(config.methods) == 0 for i in range(len(parts))]  # keeps that seed's pretrained row
-    results = pd.concat([p.results if first or p.results.empty else p.results[p.results["method"] != "pretrained"]
-                         for p, first in zip(parts, first_of_seed)], ignore_index=True)
-    predictions = [p.predictions if first else p.predictions[p.predictions["method"] != "pretrained"]
-                   for p, first in zip(parts, first_of_seed) if p.predictions is not None]
-    return RunResult(results=results, selections=[s for p in parts for s in p.selections],
-                     predictions=pd.concat(predictions, ignore_index=True) if predictions else None)
+    return [unit for _, _, unit in config.labelled_units() if unit.key in store]

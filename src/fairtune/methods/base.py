@@ -1,16 +1,28 @@
-"""What a fine-tuning method is: candidate settings, and a fit on the target layer's features."""
+"""What a fine-tuning method is: two protocols, typed parameters, and what a fit returns.
+
+- :class:`HeadMethod` trains a replacement of the target ``nn.Linear`` on its cached input
+  features (TL, f+SVD, WIN, the last-layer variants, the peers).
+- :class:`ModelMethod` trains (part of) the whole model on its raw inputs (Retrain, the
+  hidden-layer and all-layer variants).
+
+Both are driven the same way: ``prepare`` once per seed (e.g. the Fisher information),
+``candidates`` lists the settings searched on validation, ``fit`` trains one candidate.
+Their first argument, ``target``, is the layer for a head method and the model for a model
+method. Names, labels and values live in :mod:`fairtune.catalogue`, not here.
+"""
 
 from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from torch import Tensor, nn
 
+from ..catalogue import MethodSpec
 from ..config import FinetuneGrid
 from ..factorization import count_parameters
 from ..training import Penalty, TrainingData, predict, train_classifier
@@ -40,74 +52,83 @@ class FittedHead:
         return predict(self.module, x)
 
 
-class FineTuningMethod(ABC):
-    """A way to fine-tune a pre-trained model's target linear layer on frozen features.
+class Params(Protocol):
+    """A candidate setting: a frozen dataclass whose fields are the searched values."""
 
-    ``prepare`` runs once per seed (e.g. the Fisher information); ``fit`` once per candidate.
-    A method that trains more than the target layer answers ``needs_model`` with True and
-    implements ``fit_model`` on the whole model's inputs instead. A method that does not
-    train by epochs (``trains_by_epoch = False``) is scored once, on what ``fit`` returns.
-    """
 
-    name: ClassVar[str]
-    label: ClassVar[str]
-    description: ClassVar[str]
+def params_record(params: Any) -> dict[str, Any]:
+    """The candidate's settings as a plain dict (unset fields left out), for ``selections.json``."""
+    return {key: value for key, value in asdict(params).items() if value is not None}
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Adam's learning rate; the epochs are checkpoints of one run (see ``select_on_validation``)."""
+
+    lr: float
+
+
+def training_grid(grid: FinetuneGrid) -> list[TrainParams]:
+    return [TrainParams(lr) for lr in grid.lrs]
+
+
+Target = nn.Module
+OnEpoch = Callable[[int, Fitted], None]
+
+
+class Method(ABC):
+    """What both protocols share. ``trains_by_epoch = False``: scored once, on what ``fit`` returns."""
+
     trains_by_epoch: ClassVar[bool] = True
-    #: Whether a ``:value`` suffix of the method spec is passed to ``__init__`` (λ, μ).
-    takes_value: ClassVar[bool] = False
 
-    def needs_model(self, grid: FinetuneGrid) -> bool:
-        """Whether ``fit_model`` (whole model, raw inputs) is used instead of ``fit`` (target layer, features)."""
-        return False
+    @classmethod
+    def from_spec(cls, spec: MethodSpec, grid: FinetuneGrid) -> Method:
+        """The catalogue's factory: an instance for ``spec`` (its value, where it takes one)."""
+        return cls()
 
-    def penalty(self) -> Penalty | None:
-        """A term added to each batch's cross-entropy, e.g. a fairness regularizer."""
-        return None
-
-    def fit_model(
-        self,
-        model: nn.Module,
-        train: TrainingData,
-        params: dict[str, Any],
-        *,
-        epochs: int,
-        batch_size: int,
-        seed: int,
-        grid: FinetuneGrid,
-        on_epoch: Callable[[int, Fitted], None] | None = None,
-    ) -> Fitted:
-        """Fine-tune a copy of the whole ``model`` on its inputs (only where ``needs_model``)."""
-        raise NotImplementedError(f"method {self.name!r} fine-tunes the target layer only")
-
-    def prepare(self, layer: nn.Linear, train: TrainingData, grid: FinetuneGrid) -> Any:
+    def prepare(self, target: Target, train: TrainingData, grid: FinetuneGrid) -> Any:
+        """Work shared by every candidate of a seed (e.g. the Fisher information)."""
         return None
 
     @abstractmethod
-    def candidates(self, layer: nn.Linear, grid: FinetuneGrid) -> list[dict[str, Any]]:
+    def candidates(self, target: Target, grid: FinetuneGrid) -> list[Any]:
         """The settings searched on the validation split."""
 
-    def initial_head(self, layer: nn.Linear, context: Any, params: dict[str, Any]) -> nn.Module:
-        """The trainable module that replaces ``layer`` before fine-tuning (used by the default ``fit``)."""
-        raise NotImplementedError(f"method {self.name!r} does not train a torch head")
+    @abstractmethod
+    def fit(self, target: Target, train: TrainingData, context: Any, params: Any, *, epochs: int, batch_size: int,
+            seed: int, on_epoch: OnEpoch | None = None) -> Fitted:
+        """Train one candidate for ``epochs``; ``on_epoch`` sees the result after every epoch."""
 
-    def fit(
-        self,
-        layer: nn.Linear,
-        train: TrainingData,
-        context: Any,
-        params: dict[str, Any],
-        *,
-        epochs: int,
-        batch_size: int,
-        seed: int,
-        on_epoch: Callable[[int, Fitted], None] | None = None,
-    ) -> Fitted:
-        """Fine-tune a fresh head for ``epochs``; ``on_epoch`` sees it after every epoch."""
-        head = self.initial_head(layer, context, params)
+
+class HeadMethod(Method):
+    """Fine-tunes a new module in place of the target layer, on the layer's cached input features.
+
+    The default ``fit`` trains :meth:`initial_head` with cross-entropy plus :meth:`penalty`.
+    """
+
+    def estimator_params(self, layer: nn.Linear, grid: FinetuneGrid) -> Any:
+        """The one setting :class:`~fairtune.FairFineTuner` fits: its grid has one value each."""
+        return self.candidates(layer, grid)[0]
+
+    def initial_head(self, layer: nn.Linear, context: Any, params: Any) -> nn.Module:
+        """The trainable module that replaces ``layer`` before fine-tuning."""
+        raise NotImplementedError(f"{type(self).__name__} does not train a torch head")
+
+    def penalty(self, context: Any, head: nn.Module) -> Penalty | None:
+        """A term added to each batch's cross-entropy, e.g. a fairness regularizer."""
+        return None
+
+    def fit(self, target: nn.Linear, train: TrainingData, context: Any, params: Any, *, epochs: int, batch_size: int,
+            seed: int, on_epoch: OnEpoch | None = None) -> Fitted:
+        head = self.initial_head(target, context, params)
         for parameter in head.parameters():
             parameter.requires_grad_(True)
-        return train_fitted(head, train, lr=params["lr"], epochs=epochs, batch_size=batch_size, seed=seed,
-                            penalty=self.penalty(), on_epoch=on_epoch)
+        return train_fitted(head, train, lr=params.lr, epochs=epochs, batch_size=batch_size, seed=seed,
+                            penalty=self.penalty(context, head), on_epoch=on_epoch)
+
+
+class ModelMethod(Method):
+    """Fine-tunes (part of) a copy of the whole model on its raw inputs (tabular tensors)."""
 
 
 def train_fitted(
@@ -119,7 +140,7 @@ def train_fitted(
     batch_size: int,
     seed: int,
     penalty: Penalty | None = None,
-    on_epoch: Callable[[int, Fitted], None] | None = None,
+    on_epoch: OnEpoch | None = None,
 ) -> FittedHead:
     """Train ``module``'s trainable parameters in place; ``on_epoch`` sees the result after every epoch."""
     fitted = FittedHead(module, count_parameters(module))
@@ -130,20 +151,24 @@ def train_fitted(
     return fitted
 
 
-def training_grid(grid: FinetuneGrid) -> list[dict[str, Any]]:
-    """Learning rates; the epochs are checkpoints of one run (see ``compare_on_features``)."""
-    return [{"lr": lr} for lr in grid.lrs]
+class Pretrained(HeadMethod):
+    """The pre-trained target layer as it is: the reference row of every run."""
+
+    trains_by_epoch = False
+
+    def candidates(self, target: nn.Linear, grid: FinetuneGrid) -> list[Any]:
+        return [None]
+
+    def fit(self, target: nn.Linear, train: TrainingData, context: Any, params: Any, *, epochs: int, batch_size: int,
+            seed: int, on_epoch: OnEpoch | None = None) -> Fitted:
+        return FittedHead(target, count_parameters(target, trainable_only=False))
 
 
-class TransferLearning(FineTuningMethod):
+class TransferLearning(HeadMethod):
     """TL: fine-tune the original last layer, no factorization."""
 
-    name = "tl"
-    label = "TL"
-    description = "fine-tune the original target layer (transfer learning)"
-
-    def candidates(self, layer: nn.Linear, grid: FinetuneGrid) -> list[dict[str, Any]]:
+    def candidates(self, target: nn.Linear, grid: FinetuneGrid) -> list[TrainParams]:
         return training_grid(grid)
 
-    def initial_head(self, layer: nn.Linear, context: Any, params: dict[str, Any]) -> nn.Module:
+    def initial_head(self, layer: nn.Linear, context: Any, params: TrainParams) -> nn.Module:
         return copy.deepcopy(layer)

@@ -2,7 +2,7 @@
 
 A binary head is ``d x 2``: its weighted SVD has rank ≤ 2 and reproduces W exactly at rank 2,
 so there the neutralized importance only changes the parametrization. These variants let the
-importance matter (METHOD.md, Eq. 1-4, applied more widely):
+importance matter (Eq. 1-4 of ``docs/method.md``, applied more widely):
 
 - **scope**: which ``nn.Linear`` layers of the model are adapted: ``last`` (the paper),
   ``hidden`` (the last hidden layer: the linear layer before the last) or ``all``.
@@ -25,14 +25,14 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections import OrderedDict
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
+from ..catalogue import MethodSpec
 from ..config import FinetuneGrid
-from ..errors import ConfigError, ModelError
+from ..errors import ModelError
 from ..factorization import (
     FactorizedLinear,
     find_linear,
@@ -47,14 +47,12 @@ from ..importance import (
     neutralized_fisher,
     row_importance,
 )
-from ..training import TrainingData
+from ..training import Penalty, TrainingData
 from .anchor import anchor_penalty, effective_weight
-from .base import FineTuningMethod, Fitted, train_fitted
+from .base import Fitted, HeadMethod, Method, ModelMethod, OnEpoch, train_fitted
 
 Scope = Literal["last", "hidden", "all"]
 Factorize = Literal["none", "plain", "weighted"]
-#: μ of a bare ``…-anchor`` method.
-DEFAULT_ANCHOR = 1.0
 
 
 def scope_layers(model: nn.Module, scope: Scope) -> list[str]:
@@ -74,123 +72,145 @@ def fraction_rank(layer: nn.Linear, fraction: float) -> int:
     return max(1, math.ceil(fraction * min(layer.weight.shape)))
 
 
-class DeepVariant(FineTuningMethod):
-    """Adapt the layers of ``scope``: factorize them (or not) and anchor them (or not)."""
+@dataclass(frozen=True)
+class VariantParams:
+    """A variant's searched settings; unused ones are None.
 
-    scope: ClassVar[Scope]
-    factorize: ClassVar[Factorize]
-    anchored: ClassVar[bool] = False
+    The rank of each factorized layer is ``rank`` where given (the estimator's argument), else
+    ``ceil(rank_fraction · min(d, k))``.
+    """
 
-    def __init__(self, anchor: float | str | None = None) -> None:
-        value = DEFAULT_ANCHOR if anchor is None else anchor
-        try:
-            self.anchor = float(value) if self.anchored else 0.0
-        except ValueError:
-            raise ConfigError(f"anchor strength must be a number, got {value!r}") from None
-        if self.anchor < 0:
-            raise ConfigError(f"anchor strength must be >= 0, got {self.anchor}")
-        self._fisher: dict[tuple[nn.Module, str], dict[str, GroupFisher]] = {}
+    rank_fraction: float | None
+    operator: str | None
+    lr: float
+    rank: int | None = None
 
-    def needs_model(self, grid: FinetuneGrid) -> bool:
-        """Deeper scopes train through the model's raw inputs; the last layer trains on cached features."""
-        return self.scope != "last"
+    def rank_of(self, layer: nn.Linear) -> int:
+        return self.rank if self.rank is not None else fraction_rank(layer, self.rank_fraction)
 
-    def prepare(self, layer: nn.Linear, train: TrainingData, grid: FinetuneGrid) -> tuple[nn.Module, FinetuneGrid]:
-        """For the last layer on cached features: the layer as a one-layer model, and the grid."""
-        return nn.Sequential(OrderedDict(output=layer)), grid
 
-    def fit(
-        self,
-        layer: nn.Linear,
-        train: TrainingData,
-        context: tuple[nn.Module, FinetuneGrid],
-        params: dict[str, Any],
-        *,
-        epochs: int,
-        batch_size: int,
-        seed: int,
-        on_epoch: Callable[[int, Fitted], None] | None = None,
-    ) -> Fitted:
-        head, grid = context
-        return self.fit_model(head, train, params, epochs=epochs, batch_size=batch_size, seed=seed, grid=grid, on_epoch=on_epoch)
+@dataclass(frozen=True)
+class Variant:
+    """Which layers are adapted (scope), how (factorize) and whether they are anchored."""
 
-    def candidates(self, layer: nn.Linear, grid: FinetuneGrid) -> list[dict[str, Any]]:
-        fractions = grid.rank_fractions if self.factorize != "none" else (None,)
-        operators = grid.operators if (self.factorize == "weighted" or self.anchored) else (None,)
-        return [
-            {k: v for k, v in {"rank_fraction": f, "operator": op, "lr": lr}.items() if v is not None}
-            for f, op, lr in itertools.product(fractions, operators, grid.lrs)
-        ]
+    scope: Scope
+    factorize: Factorize
+    anchored: bool
 
-    def _group_fisher(self, model: nn.Module, names: list[str], train: TrainingData, grid: FinetuneGrid) -> dict[str, GroupFisher]:
-        """Per-group Fisher of each adapted layer, computed once per model and Fisher kind."""
-        key = (model, grid.fisher)  # modules hash by identity; the entry keeps the model alive
-        if key not in self._fisher:
-            n_groups = int(train.s.max()) + 1
-            self._fisher[key] = {
-                name: inner_layer_fisher(model, find_linear(model, name)[1], feature_batches(train.x, train.y, train.s), n_groups, kind=grid.fisher)
-                for name in names
-            }
-        return self._fisher[key]
+    @property
+    def needs_fisher(self) -> bool:
+        return self.factorize == "weighted" or self.anchored
 
-    def fit_model(
-        self,
-        model: nn.Module,
-        train: TrainingData,
-        params: dict[str, Any],
-        *,
-        epochs: int,
-        batch_size: int,
-        seed: int,
-        grid: FinetuneGrid,
-        on_epoch: Callable[[int, Fitted], None] | None = None,
-    ) -> Fitted:
-        names = scope_layers(model, self.scope)
-        needs_fisher = self.factorize == "weighted" or self.anchored
-        fisher = self._group_fisher(model, names, train, grid) if needs_fisher else {}
-        tuned = copy.deepcopy(model).eval()
-        adapted: dict[str, nn.Module] = {}
-        anchors: list[tuple[nn.Module, Tensor, Tensor]] = []
-        for name in names:
+
+class DeepVariant(Method):
+    """Adapt the layers of ``variant.scope``: factorize them (or not) and anchor them (or not).
+
+    ``anchor`` is μ of the anchor penalty (0 when the variant is not anchored).
+    """
+
+    variant: ClassVar[Variant]
+
+    def __init__(self, anchor: float = 0.0) -> None:
+        self.anchor = anchor if self.variant.anchored else 0.0
+
+    def candidates(self, target: nn.Module, grid: FinetuneGrid) -> list[VariantParams]:
+        fractions = grid.rank_fractions if self.variant.factorize != "none" else (None,)
+        operators = grid.operators if self.variant.needs_fisher else (None,)
+        return [VariantParams(f, op, lr) for f, op, lr in itertools.product(fractions, operators, grid.lrs)]
+
+    def _fisher(self, model: nn.Module, layers: dict[str, nn.Linear], train: TrainingData,
+                grid: FinetuneGrid) -> dict[str, GroupFisher]:
+        """Per-group Fisher of each adapted layer (Eq. 1 at any depth), once per seed."""
+        if not self.variant.needs_fisher:
+            return {}
+        n_groups = int(train.s.max()) + 1
+        return {
+            name: inner_layer_fisher(model, layer, feature_batches(train.x, train.y, train.s), n_groups, kind=grid.fisher)
+            for name, layer in layers.items()
+        }
+
+    def _adapt(self, layer: nn.Linear, fisher: GroupFisher | None, params: VariantParams) -> tuple[nn.Module, tuple | None]:
+        """The module that replaces ``layer``, and its anchor ``(module, W0, F_N)`` if anchored."""
+        importance = neutralized_fisher(fisher, params.operator) if self.variant.needs_fisher else None
+        module: nn.Module = layer
+        if self.variant.factorize != "none":
+            rows = row_importance(importance) if self.variant.factorize == "weighted" else None
+            module = FactorizedLinear.from_linear(layer, params.rank_of(layer), rows)
+        anchor = (module, layer.weight.detach().clone(), importance) if self.variant.anchored else None
+        return module, anchor
+
+    def _anchor_penalty(self, anchors: list[tuple]) -> Penalty | None:
+        """μ · Σ over adapted layers of the anchor penalty (:mod:`.anchor`), or None for μ = 0."""
+        if not anchors or self.anchor <= 0:
+            return None
+
+        def penalty(_logits: Tensor, _y: Tensor, _s: Tensor, _module: nn.Module) -> Tensor:
+            return sum(anchor_penalty(effective_weight(m), w0, imp, self.anchor) for m, w0, imp in anchors)
+
+        return penalty
+
+
+class LastLayerVariant(DeepVariant, HeadMethod):
+    """A variant of the target layer alone, trained on its cached input features."""
+
+    def prepare(self, target: nn.Linear, train: TrainingData, grid: FinetuneGrid) -> dict[str, GroupFisher]:
+        return self._fisher(target, {"": target}, train, grid)
+
+    def estimator_params(self, layer: nn.Linear, grid: FinetuneGrid) -> VariantParams:
+        operator = grid.operators[0] if self.variant.needs_fisher else None
+        rank = grid.ranks[0] if self.variant.factorize != "none" else None
+        return VariantParams(None, operator, grid.lrs[0], rank)
+
+    def fit(self, target: nn.Linear, train: TrainingData, context: dict[str, GroupFisher], params: VariantParams, *,
+            epochs: int, batch_size: int, seed: int, on_epoch: OnEpoch | None = None) -> Fitted:
+        module, anchor = self._adapt(copy.deepcopy(target), context.get(""), params)
+        module.requires_grad_(True)
+        return train_fitted(module, train, lr=params.lr, epochs=epochs, batch_size=batch_size, seed=seed,
+                            penalty=self._anchor_penalty([anchor] if anchor else []), on_epoch=on_epoch)
+
+
+class InnerVariant(DeepVariant, ModelMethod):
+    """A variant that adapts layers inside the model, trained through its raw inputs."""
+
+    def prepare(self, target: nn.Module, train: TrainingData, grid: FinetuneGrid) -> dict[str, GroupFisher]:
+        return self._fisher(target, {name: find_linear(target, name)[1] for name in scope_layers(target, self.variant.scope)},
+                            train, grid)
+
+    def fit(self, target: nn.Module, train: TrainingData, context: dict[str, GroupFisher], params: VariantParams, *,
+            epochs: int, batch_size: int, seed: int, on_epoch: OnEpoch | None = None) -> Fitted:
+        tuned = copy.deepcopy(target).eval()
+        adapted, anchors = [], []
+        for name in scope_layers(tuned, self.variant.scope):
             layer = find_linear(tuned, name)[1]
-            importance = neutralized_fisher(fisher[name], params["operator"]) if needs_fisher else None
-            module: nn.Module = layer
-            if self.factorize != "none":
-                rows = row_importance(importance) if self.factorize == "weighted" else None
-                module = FactorizedLinear.from_linear(layer, fraction_rank(layer, params["rank_fraction"]), rows)
+            module, anchor = self._adapt(layer, context.get(name), params)
+            if module is not layer:
                 replace_module_(tuned, name, module)
-            adapted[name] = module
-            if self.anchored:
-                anchors.append((module, layer.weight.detach().clone(), importance))
-        freeze_all_but_(tuned, nn.ModuleList(adapted.values()))
-        penalty = None
-        if self.anchored and self.anchor > 0:
-            def penalty(_logits: Tensor, _y: Tensor, _s: Tensor, _module: nn.Module) -> Tensor:
-                return sum(anchor_penalty(effective_weight(m), w0, imp, self.anchor) for m, w0, imp in anchors)
-        return train_fitted(tuned, train, lr=params["lr"], epochs=epochs, batch_size=batch_size, seed=seed,
-                            penalty=penalty, on_epoch=on_epoch)
+            adapted.append(module)
+            anchors += [anchor] if anchor else []
+        freeze_all_but_(tuned, nn.ModuleList(adapted))
+        return train_fitted(tuned, train, lr=params.lr, epochs=epochs, batch_size=batch_size, seed=seed,
+                            penalty=self._anchor_penalty(anchors), on_epoch=on_epoch)
 
 
-def _variant(name: str, label: str, scope: Scope, factorize: Factorize, anchored: bool, description: str) -> type[DeepVariant]:
-    """A registered subclass of :class:`DeepVariant` with these class attributes."""
-    attributes = {"name": name, "label": label, "description": description, "scope": scope,
-                  "factorize": factorize, "anchored": anchored, "takes_value": anchored, "__doc__": description}
-    return type("".join(part.capitalize() for part in name.split("-")), (DeepVariant,), attributes)
+def _factory(scope: Scope, factorize: Factorize, anchored: bool):
+    """The catalogue's factory ``(spec, grid) -> method`` of one variant."""
+    base = LastLayerVariant if scope == "last" else InnerVariant
+    cls = type(f"{base.__name__}[{scope},{factorize},{'anchor' if anchored else 'plain'}]", (base,),
+               {"variant": Variant(scope, factorize, anchored)})
+
+    def build(spec: MethodSpec, grid: FinetuneGrid) -> Method:
+        if not anchored:
+            return cls()
+        return cls(spec.info.value.default if spec.value is None else spec.value)
+
+    return build
 
 
-DEEP_VARIANTS: tuple[type[DeepVariant], ...] = (
-    _variant("win-hidden", "WIN (hidden)", "hidden", "weighted", False,
-             "WIN on the last hidden layer (weighted SVD with its neutralized Fisher), fine-tune its factors"),
-    _variant("svd-hidden", "f+SVD (hidden)", "hidden", "plain", False,
-             "plain SVD of the last hidden layer, fine-tune its factors (control for win-hidden)"),
-    _variant("win-all", "WIN (all layers)", "all", "weighted", False, "WIN on every linear layer, fine-tune all factors"),
-    _variant("svd-all", "f+SVD (all layers)", "all", "plain", False,
-             "plain SVD of every linear layer, fine-tune all factors (control for win-all)"),
-    _variant("tl-anchor", "TL + anchor", "last", "none", True,
-             "TL with the neutralized Fisher as an EWC anchor (:μ, default 1)"),
-    _variant("win-anchor", "WIN + anchor", "last", "weighted", True, "WIN (last layer) plus the neutralized-Fisher anchor (:μ)"),
-    _variant("tl-all-anchor", "TL (all layers) + anchor", "all", "none", True,
-             "fine-tune every linear layer with the neutralized-Fisher anchor (:μ)"),
-    _variant("win-hidden-anchor", "WIN (hidden) + anchor", "hidden", "weighted", True,
-             "WIN on the last hidden layer plus the anchor (:μ)"),
-)
+WIN_HIDDEN = _factory("hidden", "weighted", False)
+SVD_HIDDEN = _factory("hidden", "plain", False)
+WIN_ALL = _factory("all", "weighted", False)
+SVD_ALL = _factory("all", "plain", False)
+TL_ANCHOR = _factory("last", "none", True)
+WIN_ANCHOR = _factory("last", "weighted", True)
+TL_ALL_ANCHOR = _factory("all", "none", True)
+WIN_HIDDEN_ANCHOR = _factory("hidden", "weighted", True)

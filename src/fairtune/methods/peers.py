@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ..config import FinetuneGrid
 from ..training import TrainingData
-from .base import FineTuningMethod, Fitted
+from .base import Fitted, HeadMethod, OnEpoch
 
 #: The regularization of every peer's logistic regression (scikit-learn's default C).
 LOGREG_C = 1.0
@@ -53,9 +53,17 @@ def as_float64(x: Tensor) -> np.ndarray:
     return x.double().numpy()
 
 
-def logistic_regression(params: dict[str, Any], seed: int) -> LogisticRegression:
+@dataclass(frozen=True)
+class PeerParams:
+    """The logistic regression's inverse regularization C; ExponentiatedGradient's slack eps."""
+
+    C: float
+    eps: float | None = None
+
+
+def logistic_regression(params: PeerParams, seed: int) -> LogisticRegression:
     """The peers' base learner: L2 logistic regression, lbfgs, enough iterations to converge."""
-    return LogisticRegression(C=params["C"], max_iter=1000, random_state=seed)
+    return LogisticRegression(C=params.C, max_iter=1000, random_state=seed)
 
 
 def logreg_size(model: LogisticRegression) -> int:
@@ -93,30 +101,20 @@ class FittedPeer:
         return np.asarray(labels).astype(np.int64)
 
 
-class Peer(FineTuningMethod):
+class Peer(HeadMethod):
     """A non-iterative peer fitted once per candidate on the train split's features."""
 
     trains_by_epoch = False
 
-    def candidates(self, layer: nn.Linear, grid: FinetuneGrid) -> list[dict[str, Any]]:
-        return [{"C": LOGREG_C}]
+    def candidates(self, target: nn.Linear, grid: FinetuneGrid) -> list[PeerParams]:
+        return [PeerParams(LOGREG_C)]
 
     @abstractmethod
-    def fit_estimator(self, train: TrainingData, params: dict[str, Any], seed: int) -> FittedPeer:
+    def fit_estimator(self, train: TrainingData, params: PeerParams, seed: int) -> FittedPeer:
         """Fit the peer on ``train.x`` (features), ``train.y`` and, where it uses it, ``train.s``."""
 
-    def fit(
-        self,
-        layer: nn.Linear,
-        train: TrainingData,
-        context: Any,
-        params: dict[str, Any],
-        *,
-        epochs: int,
-        batch_size: int,
-        seed: int,
-        on_epoch: Callable[[int, Fitted], None] | None = None,
-    ) -> Fitted:
+    def fit(self, target: nn.Linear, train: TrainingData, context: Any, params: PeerParams, *, epochs: int,
+            batch_size: int, seed: int, on_epoch: OnEpoch | None = None) -> Fitted:
         """Fit once (``epochs``, ``batch_size`` and ``on_epoch`` do not apply)."""
         return self.fit_estimator(train, params, seed)
 
@@ -124,11 +122,7 @@ class Peer(FineTuningMethod):
 class LogisticRegressionHead(Peer):
     """A plain logistic-regression head on the frozen features (no fairness constraint)."""
 
-    name = "logreg"
-    label = "LogReg"
-    description = "scikit-learn logistic regression on the frozen features"
-
-    def fit_estimator(self, train: TrainingData, params: dict[str, Any], seed: int) -> FittedPeer:
+    def fit_estimator(self, train: TrainingData, params: PeerParams, seed: int) -> FittedPeer:
         model = logistic_regression(params, seed).fit(as_float64(train.x), train.y.numpy())
         return FittedPeer(model, logreg_size(model), seed)
 
@@ -138,27 +132,25 @@ class ExponentiatedGradientPeer(Peer):
 
     constraint: ClassVar[Callable[[], Any]]
 
-    def candidates(self, layer: nn.Linear, grid: FinetuneGrid) -> list[dict[str, Any]]:
-        return [{"C": LOGREG_C, "eps": eps} for eps in EG_EPS]
+    def candidates(self, target: nn.Linear, grid: FinetuneGrid) -> list[PeerParams]:
+        return [PeerParams(LOGREG_C, eps) for eps in EG_EPS]
 
-    def fit_estimator(self, train: TrainingData, params: dict[str, Any], seed: int) -> FittedPeer:
-        reduction = ExponentiatedGradient(logistic_regression(params, seed), self.constraint(), eps=params["eps"])
+    def fit_estimator(self, train: TrainingData, params: PeerParams, seed: int) -> FittedPeer:
+        reduction = ExponentiatedGradient(logistic_regression(params, seed), self.constraint(), eps=params.eps)
         reduction.fit(as_float64(train.x), train.y.numpy(), sensitive_features=train.s.numpy())
         used = [p for p, w in zip(reduction.predictors_, reduction.weights_) if w > 0]
         return FittedPeer(reduction, sum(logreg_size(p) for p in used), seed)
 
 
 class ExponentiatedGradientEO(ExponentiatedGradientPeer):
-    name = "fairlearn-eg-eo"
-    label = "EG+EO"
-    description = "fairlearn ExponentiatedGradient (EqualizedOdds) around logistic regression, on the frozen features"
+    """ExponentiatedGradient with ``EqualizedOdds``."""
+
     constraint = EqualizedOdds
 
 
 class ExponentiatedGradientDP(ExponentiatedGradientPeer):
-    name = "fairlearn-eg-dp"
-    label = "EG+DP"
-    description = "fairlearn ExponentiatedGradient (DemographicParity) around logistic regression, on the frozen features"
+    """ExponentiatedGradient with ``DemographicParity``."""
+
     constraint = DemographicParity
 
 
@@ -167,7 +159,7 @@ class ThresholdOptimizerPeer(Peer):
 
     constraint: ClassVar[str]
 
-    def fit_estimator(self, train: TrainingData, params: dict[str, Any], seed: int) -> FittedPeer:
+    def fit_estimator(self, train: TrainingData, params: PeerParams, seed: int) -> FittedPeer:
         optimizer = ThresholdOptimizer(
             estimator=logistic_regression(params, seed), constraints=self.constraint,
             prefit=False, predict_method="predict_proba",
@@ -177,19 +169,13 @@ class ThresholdOptimizerPeer(Peer):
 
 
 class ThresholdOptimizerEO(ThresholdOptimizerPeer):
-    name = "fairlearn-to-eo"
-    label = "TO+EO"
-    description = "fairlearn ThresholdOptimizer (equalized_odds) on a logistic regression of the frozen features"
+    """ThresholdOptimizer with ``constraints="equalized_odds"``."""
+
     constraint = "equalized_odds"
 
 
 class ThresholdOptimizerDP(ThresholdOptimizerPeer):
-    name = "fairlearn-to-dp"
-    label = "TO+DP"
-    description = "fairlearn ThresholdOptimizer (demographic_parity) on a logistic regression of the frozen features"
+    """ThresholdOptimizer with ``constraints="demographic_parity"``."""
+
     constraint = "demographic_parity"
 
-
-PEERS: tuple[type[Peer], ...] = (
-    LogisticRegressionHead, ExponentiatedGradientEO, ExponentiatedGradientDP, ThresholdOptimizerEO, ThresholdOptimizerDP,
-)

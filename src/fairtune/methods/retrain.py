@@ -18,74 +18,62 @@ The learning rate and epochs are chosen on validation like every other method.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import nn
 
+from ..catalogue import MethodSpec
 from ..config import FinetuneGrid
 from ..training import Penalty, TrainingData
-from .base import FineTuningMethod, Fitted, train_fitted, training_grid
+from .base import HeadMethod, Method, ModelMethod, OnEpoch, Fitted, TrainParams, train_fitted, training_grid
 from .fairness import Constraint, check_intensity, fairness_penalty
 
-#: λ of a bare ``retrain-eo`` / ``retrain-dp``.
-DEFAULT_INTENSITY = 0.5
 
+class RetrainLastLayer(HeadMethod):
+    """Retrain on the target layer only (``retrain_scope="last"``): TL plus ``λ · relaxed gap``."""
 
-class Retrain(FineTuningMethod):
-    """Fine-tune with ``cross_entropy + λ · relaxed gap``; see the module docstring."""
+    def __init__(self, constraint: Constraint, lam: float) -> None:
+        self.constraint, self.lam = constraint, check_intensity(lam)
 
-    constraint: ClassVar[Constraint]
-    takes_value = True
-
-    def __init__(self, lam: float | str = DEFAULT_INTENSITY) -> None:
-        self.lam = check_intensity(lam)
-
-    def needs_model(self, grid: FinetuneGrid) -> bool:
-        return grid.retrain_scope == "all"
-
-    def penalty(self) -> Penalty:
-        return fairness_penalty(self.constraint, self.lam)
-
-    def candidates(self, layer: nn.Linear, grid: FinetuneGrid) -> list[dict[str, Any]]:
+    def candidates(self, target: nn.Linear, grid: FinetuneGrid) -> list[TrainParams]:
         return training_grid(grid)
 
-    def initial_head(self, layer: nn.Linear, context: Any, params: dict[str, Any]) -> nn.Module:
+    def initial_head(self, layer: nn.Linear, context: Any, params: TrainParams) -> nn.Module:
         return copy.deepcopy(layer)
 
-    def fit_model(
-        self,
-        model: nn.Module,
-        train: TrainingData,
-        params: dict[str, Any],
-        *,
-        epochs: int,
-        batch_size: int,
-        seed: int,
-        grid: FinetuneGrid,
-        on_epoch: Callable[[int, Fitted], None] | None = None,
-    ) -> Fitted:
-        """Fine-tune every parameter of a copy of ``model`` on its inputs ``train.x``."""
-        tuned = copy.deepcopy(model)
+    def penalty(self, context: Any, head: nn.Module) -> Penalty:
+        return fairness_penalty(self.constraint, self.lam)
+
+
+class RetrainModel(ModelMethod):
+    """Retrain every parameter of the pre-trained model (``retrain_scope="all"``) with ``λ · relaxed gap``."""
+
+    def __init__(self, constraint: Constraint, lam: float) -> None:
+        self.constraint, self.lam = constraint, check_intensity(lam)
+
+    def candidates(self, target: nn.Module, grid: FinetuneGrid) -> list[TrainParams]:
+        return training_grid(grid)
+
+    def fit(self, target: nn.Module, train: TrainingData, context: Any, params: TrainParams, *, epochs: int,
+            batch_size: int, seed: int, on_epoch: OnEpoch | None = None) -> Fitted:
+        """Fine-tune every parameter of a copy of ``target`` on its inputs ``train.x``."""
+        tuned = copy.deepcopy(target)
         for parameter in tuned.parameters():
             parameter.requires_grad_(True)
-        return train_fitted(tuned, train, lr=params["lr"], epochs=epochs, batch_size=batch_size, seed=seed,
-                            penalty=self.penalty(), on_epoch=on_epoch)
+        return train_fitted(tuned, train, lr=params.lr, epochs=epochs, batch_size=batch_size, seed=seed,
+                            penalty=fairness_penalty(self.constraint, self.lam), on_epoch=on_epoch)
 
 
-class RetrainEO(Retrain):
+def _retrain(constraint: Constraint, spec: MethodSpec, grid: FinetuneGrid) -> Method:
+    lam = spec.info.value.default if spec.value is None else spec.value
+    return (RetrainModel if grid.retrain_scope == "all" else RetrainLastLayer)(constraint, lam)
+
+
+def retrain_eo(spec: MethodSpec, grid: FinetuneGrid) -> Method:
     """Retrain+EO: the relaxed equalized-odds gap (TPR gap + FPR gap of P(Ŷ=1|x))."""
-
-    name = "retrain-eo"
-    label = "Retrain+EO"
-    description = "fine-tune with an equalized-odds regularizer of intensity λ (retrain-eo:λ, default 0.5)"
-    constraint = "eo"
+    return _retrain("eo", spec, grid)
 
 
-class RetrainDP(Retrain):
+def retrain_dp(spec: MethodSpec, grid: FinetuneGrid) -> Method:
     """Retrain+DP: the relaxed demographic-parity gap (of P(Ŷ=1|x))."""
-
-    name = "retrain-dp"
-    label = "Retrain+DP"
-    description = "fine-tune with a demographic-parity regularizer of intensity λ (retrain-dp:λ, default 0.5)"
-    constraint = "dp"
+    return _retrain("dp", spec, grid)

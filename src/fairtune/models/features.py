@@ -47,7 +47,7 @@ def extract_features(
     try:
         with tqdm(total=total, desc=description, disable=not progress, leave=False, unit="sample") as bar:
             for batch in _batches(inputs, batch_size):
-                output = model(batch)
+                output = model(batch.to(layer.weight.device))
                 if not outputs_checked:
                     expected = F.linear(captured[-1].to(layer.weight), layer.weight, layer.bias).float().cpu()
                     if output.shape != expected.shape or not torch.allclose(output.float().cpu(), expected, atol=1e-5):

@@ -24,9 +24,7 @@ import numpy as np
 import torch
 import torchvision
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..config import PretrainConfig
 from ..data._types import Split, Task
@@ -117,26 +115,17 @@ def train_on_images(
 ) -> nn.Module:
     """Train all of ``model`` on a split of images streamed from a DataLoader, in place.
 
-    The same loss as :func:`~fairtune.training.train_classifier` (cross-entropy plus an
-    optional penalty, Adam), but the images are read batch by batch instead of held in
-    memory. Seeded shuffling; a last batch of a single image is dropped (batch norm cannot
-    train on it).
+    :func:`~fairtune.training.train_classifier` (cross-entropy plus an optional penalty, Adam)
+    on batches read one by one instead of held in memory. Seeded shuffling; a last batch of
+    a single image is dropped (batch norm cannot train on it). Torch's thread setting is left
+    as it is (convolutions gain from threads).
     """
     loader = DataLoader(
         LabelledSplit(split), batch_size=batch_size, shuffle=True, num_workers=workers,
         drop_last=len(split) % batch_size == 1, generator=torch.Generator().manual_seed(seed),
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    model.train()
-    for _ in tqdm(range(epochs), desc="pre-training", disable=not progress, leave=False):
-        for x, y, s in loader:
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if penalty is not None:
-                loss = loss + penalty(logits, y, s, model)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    train_classifier(model, loader, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, weight_decay=weight_decay,
+                     penalty=penalty, progress=progress, description="pre-training", threads=None)
     return model.eval()
 
 
@@ -197,7 +186,12 @@ def pretrained_vision(
     path = cache / "models" / f"{arch}-{key}.safetensors"
     if path.is_file():
         logger.info("reusing pre-trained model %s", path)
-        return load_weights_(model, path).eval()
+        try:
+            return load_weights_(model, path).eval()
+        except ModelError as exc:  # a cache entry is derived data: rebuild it (same seed, same result), don't fail
+            logger.warning("%s; pre-training again and replacing it", exc)
+            torch.manual_seed(seed)
+            model = vision_model(arch)
     train_on_images(
         model, task.source, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=seed,
         weight_decay=config.weight_decay, penalty=penalty, workers=workers, progress=progress,

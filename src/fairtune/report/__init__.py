@@ -6,7 +6,6 @@ paper's published figures.
 """
 
 from .tables import (
-    METHOD_LABELS,
     ablation_display,
     mean_std,
     method_label,
@@ -23,7 +22,7 @@ from .tables import (
 
 __all__ = [
     # labels and formatting
-    "METHOD_LABELS", "method_label", "mean_std", "to_markdown",
+    "method_label", "mean_std", "to_markdown",
     # summaries and tables
     "summarize_by", "summary_table", "table2_frame", "table2_display", "table3_frame", "table3_display", "ablation_display",
     # accuracy-fairness trade-off

@@ -3,7 +3,7 @@
 Figures are built with the object-oriented API (``Figure``, no pyplot), so no global state or
 interactive backend is involved and nothing needs closing.
 
-One colour per method across every figure (:data:`PALETTE`); Err is in %, the gaps ΔDP and
+One colour per method across every figure (from :mod:`fairtune.catalogue`); Err is in %, the gaps ΔDP and
 ΔEO are differences of rates (unitless, in [0, 1] resp. [0, 2]).
 
 - :func:`fisher_heatmaps` — the paper's Figure 3: per-group diagonal Fisher of the final layer,
@@ -27,36 +27,26 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .._io import atomic_path
+from ..catalogue import MethodSpec
+from ..errors import ConfigError
 from .tables import method_label, pareto_front
 
 DPI = 120
 
-#: The one colour of each method spec in every figure. Retrain variants darken with λ.
-PALETTE: dict[str, str] = {
-    "pretrained": "#7f7f7f",
-    "tl": "#1f77b4",
-    "svd": "#ff7f0e",
-    "win": "#2ca02c",
-    "logreg": "#8c564b",
-    "fairlearn-eg-eo": "#9467bd",
-    "fairlearn-eg-dp": "#c5b0d5",
-    "fairlearn-to-eo": "#e377c2",
-    "fairlearn-to-dp": "#f7b6d2",
-    "retrain-eo:0.1": "#ff9896",
-    "retrain-eo:0.5": "#d62728",
-    "retrain-eo:0.9": "#8b0000",
-    "retrain-dp:0.1": "#9edae5",
-    "retrain-dp:0.5": "#17becf",
-    "retrain-dp:0.9": "#0b5f66",
-}
-_FALLBACK = ("#bcbd22", "#dbdb8d", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#5254a3")
+#: Colours of method names that are not in the catalogue.
+_SPARE = ("#000000", "#e6550d", "#31a354", "#756bb1", "#636363", "#fd8d3c", "#74c476", "#9e9ac8")
 _GAPS = (("delta_eo", "ΔEO (TPR gap + FPR gap)"), ("delta_dp", "ΔDP (selection-rate gap)"))
 
 
 def method_colors(methods: Sequence[str]) -> dict[str, str]:
-    """Colour of each method: :data:`PALETTE`'s, else the next unused fallback colour (in order)."""
-    spare = itertools.cycle(_FALLBACK)
-    return {m: PALETTE[m] if m in PALETTE else next(spare) for m in methods}
+    """Colour of each method spec, from the catalogue; text that names no method gets the next spare colour."""
+    spare, colours = itertools.cycle(_SPARE), {}
+    for method in methods:
+        try:
+            colours[method] = MethodSpec.parse(method).colour
+        except ConfigError:
+            colours[method] = next(spare)
+    return colours
 
 
 def save_png(figure: Figure, path: str | os.PathLike[str]) -> None:

@@ -22,6 +22,7 @@ import pandas as pd
 from markdown_it import MarkdownIt
 
 from .._io import write_text
+from ..catalogue import MethodSpec
 from . import paper
 from .tables import method_label, to_markdown
 
@@ -90,10 +91,11 @@ def pretrained_claims(summary: pd.DataFrame) -> Claim | None:
 
 def lambda_trend_claim(summary: pd.DataFrame, name: str, metric: str) -> str | None:
     """Whether raising λ of ``name`` (e.g. 'retrain-eo') lowers ``metric`` monotonically (None if < 2 λ values)."""
-    rows = summary[summary["method"].str.startswith(f"{name}:")]
+    specs = [MethodSpec.parse(m) for m in summary["method"]]
+    rows = summary[[spec.name == name and spec.value is not None for spec in specs]]
     if len(rows) < 2:
         return None
-    rows = rows.assign(lam=rows["method"].str.partition(":")[2].astype(float)).sort_values("lam")
+    rows = rows.assign(lam=[MethodSpec.parse(m).value for m in rows["method"]]).sort_values("lam")
     values = rows[f"{metric}_mean"].to_numpy()
     falling = bool((values[1:] < values[:-1]).all())
     listed = ", ".join(f"λ={lam:g}: {v:.3f}" for lam, v in zip(rows["lam"], values))

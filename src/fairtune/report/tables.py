@@ -5,28 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..catalogue import method_label
 from . import paper as paper_figures
-
-#: Display names of methods in tables and figures (a ``name:λ`` spec adds " λ=..." to its name's label).
-METHOD_LABELS: dict[str, str] = {
-    "pretrained": "pre-trained", "tl": "TL", "svd": "f+SVD", "win": "WIN",
-    "retrain-eo": "Retrain+EO", "retrain-dp": "Retrain+DP", "logreg": "LogReg",
-    "fairlearn-eg-eo": "EG+EO", "fairlearn-eg-dp": "EG+DP", "fairlearn-to-eo": "TO+EO", "fairlearn-to-dp": "TO+DP",
-    "win-hidden": "WIN (hidden)", "svd-hidden": "f+SVD (hidden)", "win-all": "WIN (all)", "svd-all": "f+SVD (all)",
-    "tl-anchor": "TL+anchor", "win-anchor": "WIN+anchor", "tl-all-anchor": "TL (all)+anchor",
-    "win-hidden-anchor": "WIN (hidden)+anchor",
-}
-
-
-def method_label(spec: str) -> str:
-    """Display name of a method spec: ``"retrain-eo:0.1"`` -> ``"Retrain+EO λ=0.1"``, ``"win-anchor:2"`` ->
-    ``"WIN+anchor μ=2"``, ``"win-hidden@0.25"`` -> ``"WIN (hidden) f=0.25"``; unknown names as given."""
-    spec, has_fraction, fraction = spec.partition("@")
-    name, has_value, value = spec.partition(":")
-    label = METHOD_LABELS.get(name, name)
-    if has_value:
-        label += f" {'μ' if name.endswith('anchor') else 'λ'}={value}"
-    return f"{label} f={fraction}" if has_fraction else label
 
 _COLUMNS = (("err", "Err (%)", 3), ("delta_dp", "ΔDP", 3), ("delta_eo", "ΔEO", 3))
 

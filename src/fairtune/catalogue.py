@@ -1,0 +1,240 @@
+"""The catalogue of fine-tuning methods: what only it knows, read by everything else.
+
+Each method has one :class:`MethodInfo` entry: its name, display label, description, the
+symbol of the value its spec may carry (λ, μ or none), its family, the inputs it trains on
+and the import path of its implementation. The registry, the report labels and colours, the
+study grouping, sweep validation and the CLI help all read this table; adding a method is
+one module plus one entry here.
+
+A method *spec* names a method and, where it takes one, its value; the neutralization
+study adds a rank fraction: ``name[:value][@fraction]``, e.g. ``retrain-eo:0.1`` (λ = 0.1),
+``win-anchor:2`` (μ = 2), ``win-hidden@0.25``. :class:`MethodSpec` is the one parser and
+formatter of that syntax.
+
+This module imports neither torch nor the implementations, so that ``fairtune --help`` and
+the reports stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+Family = Literal["reference", "baseline", "win", "regularizer", "variant", "peer"]
+Inputs = Literal["features", "model"]
+
+UNKNOWN_METHOD = "unknown method {name!r}; available: {available}"
+NO_VALUE = "method {name!r} takes no ':value' suffix (only {takers} do), got {spec!r}"
+BAD_VALUE = "{symbol} of {name!r} must be a finite number >= 0, got {value!r}"
+BAD_FRACTION = "rank fraction of {spec!r} must be a number in (0, 1], got {value!r}"
+
+
+@dataclass(frozen=True)
+class MethodValue:
+    """The value a spec's ``:value`` suffix sets: its symbol, meaning and default."""
+
+    symbol: str
+    meaning: str
+    default: float
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What defines a method, apart from its code.
+
+    ``inputs`` is what it trains on: ``"features"`` (the target layer's cached inputs) or
+    ``"model"`` (the whole model on its raw inputs). ``implementation`` is
+    ``"module:attribute"`` of a callable ``(spec, grid) -> method`` imported on first use.
+    ``estimator_args`` are the :class:`~fairtune.FairFineTuner` arguments it uses.
+    """
+
+    name: str
+    label: str
+    description: str
+    family: Family
+    inputs: Inputs
+    implementation: str
+    colour: str
+    value: MethodValue | None = None
+    uses_importance: bool = False
+    estimator_args: tuple[str, ...] = ()
+
+    def load(self) -> Any:
+        """The implementation's factory ``(spec, grid) -> method``."""
+        module, _, path = self.implementation.partition(":")
+        target: Any = importlib.import_module(module)
+        for attribute in path.split("."):
+            target = getattr(target, attribute)
+        return target
+
+
+_LAMBDA = MethodValue("λ", "regularizer intensity", 0.5)
+_MU = MethodValue("μ", "anchor strength", 1.0)
+_HEAD = ("lr",)
+_LOWRANK = ("rank", "lr")
+_WIN = ("rank", "operator", "fisher", "lr")
+
+
+def _entries() -> tuple[MethodInfo, ...]:
+    m = "fairtune.methods."
+    return (
+        MethodInfo("pretrained", "pre-trained", "the pre-trained model as it is, before fine-tuning",
+                   "reference", "features", m + "base:Pretrained.from_spec", "#7f7f7f"),
+        MethodInfo("tl", "TL", "fine-tune the original target layer (transfer learning)",
+                   "baseline", "features", m + "base:TransferLearning.from_spec", "#1f77b4", estimator_args=_HEAD),
+        MethodInfo("svd", "f+SVD", "factorize the target layer by plain SVD and fine-tune both factors",
+                   "baseline", "features", m + "lowrank:PlainSVD.from_spec", "#ff7f0e", estimator_args=_LOWRANK),
+        MethodInfo("win", "WIN", "factorize the target layer by SVD weighted with the neutralized per-group Fisher "
+                   "(the paper's method)", "win", "features", m + "lowrank:WeightImportanceNeutralization.from_spec",
+                   "#2ca02c", uses_importance=True, estimator_args=_WIN),
+        MethodInfo("retrain-eo", "Retrain+EO", "fine-tune with a relaxed equalized-odds regularizer of intensity λ",
+                   "regularizer", "model", m + "retrain:retrain_eo", "#d62728", _LAMBDA),
+        MethodInfo("retrain-dp", "Retrain+DP", "fine-tune with a relaxed demographic-parity regularizer of intensity λ",
+                   "regularizer", "model", m + "retrain:retrain_dp", "#17becf", _LAMBDA),
+        MethodInfo("logreg", "LogReg", "a new logistic-regression head on the same features (scikit-learn)",
+                   "peer", "features", m + "peers:LogisticRegressionHead.from_spec", "#8c564b"),
+        MethodInfo("fairlearn-eg-eo", "EG+EO", "fairlearn ExponentiatedGradient with EqualizedOdds around the logistic regression",
+                   "peer", "features", m + "peers:ExponentiatedGradientEO.from_spec", "#9467bd"),
+        MethodInfo("fairlearn-eg-dp", "EG+DP", "fairlearn ExponentiatedGradient with DemographicParity around the logistic regression",
+                   "peer", "features", m + "peers:ExponentiatedGradientDP.from_spec", "#c5b0d5"),
+        MethodInfo("fairlearn-to-eo", "TO+EO", "fairlearn ThresholdOptimizer (equalized odds) on the logistic regression; "
+                   "needs the sensitive attribute to predict", "peer", "features",
+                   m + "peers:ThresholdOptimizerEO.from_spec", "#e377c2"),
+        MethodInfo("fairlearn-to-dp", "TO+DP", "fairlearn ThresholdOptimizer (demographic parity) on the logistic regression; "
+                   "needs the sensitive attribute to predict", "peer", "features",
+                   m + "peers:ThresholdOptimizerDP.from_spec", "#f7b6d2"),
+        MethodInfo("win-hidden", "WIN (hidden)", "WIN on the last hidden layer (weighted SVD with its neutralized Fisher), "
+                   "fine-tune its factors", "variant", "model", m + "deep:WIN_HIDDEN", "#bcbd22", uses_importance=True),
+        MethodInfo("svd-hidden", "f+SVD (hidden)", "plain SVD of the last hidden layer, fine-tune its factors (control for win-hidden)",
+                   "variant", "model", m + "deep:SVD_HIDDEN", "#dbdb8d"),
+        MethodInfo("win-all", "WIN (all layers)", "WIN on every linear layer, fine-tune all factors",
+                   "variant", "model", m + "deep:WIN_ALL", "#393b79", uses_importance=True),
+        MethodInfo("svd-all", "f+SVD (all layers)", "plain SVD of every linear layer, fine-tune all factors (control for win-all)",
+                   "variant", "model", m + "deep:SVD_ALL", "#637939"),
+        MethodInfo("tl-anchor", "TL + anchor", "TL with the neutralized Fisher as an EWC anchor of strength μ",
+                   "variant", "features", m + "deep:TL_ANCHOR", "#8c6d31", _MU, uses_importance=True,
+                   estimator_args=("operator", "fisher", "lr")),
+        MethodInfo("win-anchor", "WIN + anchor", "WIN (last layer) plus the neutralized-Fisher anchor of strength μ",
+                   "variant", "features", m + "deep:WIN_ANCHOR", "#843c39", _MU, uses_importance=True,
+                   estimator_args=_WIN),
+        MethodInfo("tl-all-anchor", "TL (all layers) + anchor", "fine-tune every linear layer with the neutralized-Fisher anchor of strength μ",
+                   "variant", "model", m + "deep:TL_ALL_ANCHOR", "#7b4173", _MU, uses_importance=True),
+        MethodInfo("win-hidden-anchor", "WIN (hidden) + anchor", "WIN on the last hidden layer plus the anchor of strength μ",
+                   "variant", "model", m + "deep:WIN_HIDDEN_ANCHOR", "#5254a3", _MU, uses_importance=True),
+    )
+
+
+#: Every method by name, in the order of the help text and the reports.
+CATALOGUE: dict[str, MethodInfo] = {info.name: info for info in _entries()}
+#: The row of the model before fine-tuning, which every run reports.
+PRETRAINED = "pretrained"
+#: The methods a user chooses (all but the pre-trained reference).
+METHOD_NAMES: tuple[str, ...] = tuple(name for name in CATALOGUE if name != PRETRAINED)
+#: Colours of the values of a λ method in figures: darker for a larger λ.
+_VALUE_SHADES: dict[str, dict[float, str]] = {
+    "retrain-eo": {0.1: "#ff9896", 0.5: "#d62728", 0.9: "#8b0000"},
+    "retrain-dp": {0.1: "#9edae5", 0.5: "#17becf", 0.9: "#0b5f66"},
+}
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A parsed ``name[:value][@fraction]``: a catalogued method, its value and rank fraction.
+
+    ``value`` is None for a bare name (the method's default applies); ``fraction`` is the
+    rank fraction f of a neutralization-study rank sweep. ``str(spec)`` gives the canonical text.
+    """
+
+    name: str
+    value: float | None = None
+    fraction: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> MethodSpec:
+        """Parse and validate ``text``; a :class:`ConfigError` names what is wrong."""
+        text = text.strip()
+        base, has_fraction, fraction_text = text.partition("@")
+        name, has_value, value_text = base.partition(":")
+        info = CATALOGUE.get(name)
+        if info is None or name == PRETRAINED and (has_value or has_fraction):
+            raise ConfigError(UNKNOWN_METHOD.format(name=text, available=", ".join(METHOD_NAMES)))
+        value = None
+        if has_value:
+            if info.value is None:
+                takers = ", ".join(f"{n}:{i.value.symbol}" for n, i in CATALOGUE.items() if i.value is not None)
+                raise ConfigError(NO_VALUE.format(name=name, takers=takers, spec=text))
+            value = _number(value_text)
+            if value is None or not math.isfinite(value) or value < 0:
+                raise ConfigError(BAD_VALUE.format(symbol=info.value.symbol, name=name, value=value_text))
+        fraction = None
+        if has_fraction:
+            fraction = _number(fraction_text)
+            if fraction is None or not 0 < fraction <= 1:
+                raise ConfigError(BAD_FRACTION.format(spec=text, value=fraction_text))
+        return cls(name, value, fraction)
+
+    @property
+    def info(self) -> MethodInfo:
+        return CATALOGUE[self.name]
+
+    @property
+    def method(self) -> str:
+        """The spec without its rank fraction: what a run is asked to fit."""
+        return self.name if self.value is None else f"{self.name}:{self.value:g}"
+
+    def __str__(self) -> str:
+        return self.method if self.fraction is None else f"{self.method}@{self.fraction:.3g}"
+
+    @property
+    def label(self) -> str:
+        """Display name: ``"Retrain+EO λ=0.1"``, ``"WIN + anchor μ=2"``, ``"WIN (hidden) f=0.25"``."""
+        info = self.info
+        label = info.label if self.value is None else f"{info.label} {info.value.symbol}={self.value:g}"
+        return label if self.fraction is None else f"{label} f={self.fraction:.3g}"
+
+    @property
+    def colour(self) -> str:
+        """The one colour of this spec in every figure."""
+        shades = _VALUE_SHADES.get(self.name, {})
+        return shades.get(self.value if self.value is not None else self.info.value.default, self.info.colour) \
+            if shades else self.info.colour
+
+
+def parse_methods(texts: tuple[str, ...] | list[str]) -> tuple[MethodSpec, ...]:
+    """Parse each spec; a repeated method is an error (it would be reported over twice the seeds)."""
+    specs = tuple(MethodSpec.parse(text) for text in texts)
+    seen: set[str] = set()
+    for spec in specs:
+        if str(spec) in seen:
+            raise ConfigError(f"method {str(spec)!r} is listed twice; list each method once")
+        seen.add(str(spec))
+    return specs
+
+
+def method_label(text: str) -> str:
+    """Display name of a spec's text; text that names no method is shown as it is."""
+    try:
+        return MethodSpec.parse(text).label
+    except ConfigError:
+        return text
+
+
+def help_text() -> str:
+    """One line per method for ``--help``: ``name (Label): description``."""
+    parts = []
+    for name in METHOD_NAMES:
+        info = CATALOGUE[name]
+        value = f":{info.value.symbol} ({info.value.meaning}, default {info.value.default:g})" if info.value else ""
+        parts.append(f"{name}{value}: {info.description}")
+    return "; ".join(parts)

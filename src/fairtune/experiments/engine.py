@@ -1,0 +1,353 @@
+"""The one experiment engine: units of work, how each is computed, and how many run at once.
+
+A :class:`Unit` is one method spec fitted on one seed of one data set with one set of
+settings; ``fairtune run``, ``sweep``, ``reproduce`` and ``study`` are lists of units plus
+their writers. Per unit:
+
+1. the data are split with the seed given by :func:`data_seed` (the one rule: the run seed,
+   unless ``DataConfig.split_seed`` fixes it), and the model is pre-trained on the source
+   split (cached on disk);
+2. the target layer's input features are computed once per split (kept in memory for the
+   next unit of the same seed);
+3. every candidate setting of the method is trained on ``train`` and scored on ``val``
+   (:func:`select_on_validation`); the best is scored on ``test``.
+
+The method ``pretrained`` is a unit like any other: the model before fine-tuning, reported
+once per seed. Units run in this process, in local processes or on a Dask cluster
+(:mod:`fairtune.experiments.scheduling`), each with one torch thread, so that a result does
+not depend on where it ran; :func:`execute` keeps finished units in a
+:class:`~fairtune.experiments.store.ResultStore` when given one, so that a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+from torch import nn
+
+from .._validation import check_groups_present
+from ..catalogue import PRETRAINED, MethodSpec
+from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
+from ..data import load_task
+from ..data._types import Split, Task
+from ..errors import ConfigError
+from ..factorization import find_linear
+from ..methods import Fitted, Method, ModelMethod, build_method, params_record
+from ..metrics import evaluate
+from ..models import cached_split_features, extract_features, pretrained_mlp, pretrained_vision
+from ..models.vision import default_arch
+from ..training import TrainingData, intra_op_threads
+from .scheduling import SerialExecutor
+from .store import ResultStore, unit_key
+
+#: Lower is better for every selection metric.
+SELECTION_SCORES: dict[str, Callable[[dict[str, float]], float]] = {
+    "err": lambda m: m["err"],
+    "delta_eo": lambda m: m["delta_eo"],
+    "delta_dp": lambda m: m["delta_dp"],
+    "err+delta_eo": lambda m: m["err"] / 100 + m["delta_eo"],
+}
+NEEDS_INPUTS = (
+    "method {method!r} updates the whole model and needs the model and its tabular inputs; "
+    "use --retrain-scope last (FinetuneGrid(retrain_scope='last')) to fine-tune the target layer only"
+)
+VISION_ONLY = "--weights and --arch are for image data sets; {name!r} is tabular (its model is the MLP, see --hidden)"
+#: Prepared seeds kept in memory per process: the units of one seed usually run one after the other.
+PREPARED_KEPT = 2
+
+
+def data_seed(data: DataConfig, seed: int) -> int:
+    """The seed of the data split and pre-training: ``data.split_seed`` if set, else the run seed."""
+    return data.split_seed if data.split_seed is not None else seed
+
+
+class Unit(_Settings):
+    """One method spec on one seed: everything its result depends on (and so its store key)."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneGrid = Field(default_factory=FinetuneGrid)
+    method: str
+    seed: int
+    target_layer: str | None = None
+
+    @property
+    def data_seed(self) -> int:
+        return data_seed(self.data, self.seed)
+
+    @property
+    def key(self) -> str:
+        return unit_key(**self.model_dump(mode="json"))
+
+
+@dataclass(frozen=True)
+class Environment:
+    """How units are computed, which does not change their results: caches, device, what is kept."""
+
+    cache_dir: str | None = None
+    device: str | None = None
+    keep_predictions: bool = False
+
+
+@dataclass
+class UnitResult:
+    """A unit's test-metric row, its selection record (none for ``pretrained``) and test predictions."""
+
+    row: dict[str, Any]
+    selection: dict[str, Any] | None = None
+    predictions: pd.DataFrame | None = None
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready form, for a :class:`ResultStore`."""
+        return {"row": self.row, "columns": list(self.row), "selection": self.selection,
+                "predictions": None if self.predictions is None else self.predictions.to_dict(orient="list"),
+                "prediction_columns": None if self.predictions is None else list(self.predictions.columns)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> UnitResult:
+        """The stored result, its columns in the order they were computed (JSON files sort keys)."""
+        row = {column: record["row"][column] for column in record["columns"]}
+        predictions = record.get("predictions")
+        if predictions is not None:
+            predictions = pd.DataFrame(predictions)[record["prediction_columns"]]
+        return cls(row, record.get("selection"), predictions)
+
+
+@dataclass
+class Prepared:
+    """A seed's task, pre-trained model, target layer and per-split features (computed once)."""
+
+    task: Task
+    model: nn.Module
+    layer: nn.Linear
+    features: dict[str, TrainingData]
+    _inputs: dict[str, TrainingData] | None = field(default=None, repr=False)
+
+    def inputs(self, method: str) -> dict[str, TrainingData]:
+        """The model's own inputs per split, for a method that trains the whole model (tabular only)."""
+        if self._inputs is None:
+            splits = new_task_splits(self.task)
+            if not all(isinstance(split.inputs, torch.Tensor) for split in splits.values()):
+                raise ConfigError(NEEDS_INPUTS.format(method=method))
+            device = self.layer.weight.device
+            self._inputs = {name: TrainingData.from_arrays(split.inputs, split.y, split.s).to(device)
+                            for name, split in splits.items()}
+        return self._inputs
+
+
+def new_task_splits(task: Task) -> dict[str, Split]:
+    """The new task's splits (train, val, test): all but the source split."""
+    return {name: split for name, split in task.splits().items() if name != "source"}
+
+
+def pretrained_model(task: Task, unit: Unit, env: Environment, progress: bool = False) -> nn.Module:
+    """The pre-trained classifier: the MLP for tensor (tabular) inputs, a vision model for image data sets."""
+    seed = unit.data_seed
+    if isinstance(task.source.inputs, torch.Tensor):
+        if unit.data.weights or unit.data.arch:
+            raise ConfigError(VISION_ONLY.format(name=task.name))
+        return pretrained_mlp(task, unit.pretrain, seed=seed, cache_dir=env.cache_dir)
+    return pretrained_vision(
+        task, unit.pretrain, arch=unit.data.arch or default_arch(task.name), weights=unit.data.weights,
+        seed=seed, cache_dir=env.cache_dir, workers=unit.data.workers, progress=progress,
+    )
+
+
+def split_features(model: nn.Module, layer: nn.Linear, task_splits: dict[str, Split], progress: bool = False) -> dict[str, TrainingData]:
+    """The target layer's inputs for each split, computed once (on the layer's device)."""
+    return {
+        name: TrainingData.from_arrays(extract_features(model, layer, split.inputs, progress=progress, description=f"features ({name})"),
+                                       split.y, split.s).to(layer.weight.device)
+        for name, split in task_splits.items()
+    }
+
+
+def new_task_features(model: nn.Module, layer: nn.Linear, task: Task, env: Environment, workers: int = 0,
+                      progress: bool = False) -> dict[str, TrainingData]:
+    """:func:`split_features` for tensor inputs; features cached on disk for image data sets."""
+    splits = new_task_splits(task)
+    if all(isinstance(split.inputs, torch.Tensor) for split in splits.values()):
+        return split_features(model, layer, splits, progress)
+    features = cached_split_features(model, layer, splits, cache_dir=env.cache_dir, workers=workers, progress=progress)
+    return {name: data.to(layer.weight.device) for name, data in features.items()}
+
+
+_PREPARED: OrderedDict[str, Prepared] = OrderedDict()
+
+
+def _preparation_key(unit: Unit, env: Environment) -> str:
+    return unit_key(data=unit.data.model_dump(mode="json"), pretrain=unit.pretrain.model_dump(mode="json"),
+                    seed=unit.data_seed, layer=unit.target_layer, cache=env.cache_dir, device=env.device)
+
+
+def prepare(unit: Unit, env: Environment, progress: bool = False) -> Prepared:
+    """The unit's seed prepared: data split, pre-trained model (disk cache), features (memory)."""
+    key = _preparation_key(unit, env)
+    if key in _PREPARED:
+        _PREPARED.move_to_end(key)
+        return _PREPARED[key]
+    task = load_task(unit.data, seed=unit.data_seed)
+    model = pretrained_model(task, unit, env, progress)
+    if env.device is not None:
+        model = model.to(env.device)
+    _, layer = find_linear(model, unit.target_layer)
+    prepared = Prepared(task, model, layer, new_task_features(model, layer, task, env, unit.data.workers, progress))
+    _PREPARED[key] = prepared
+    while len(_PREPARED) > PREPARED_KEPT:
+        _PREPARED.popitem(last=False)
+    return prepared
+
+
+def prepare_seed(unit: Unit, env: Environment) -> None:
+    """Fill the disk caches of the unit's seed (pre-trained model; image features) before its units run."""
+    with intra_op_threads(1):
+        prepare(unit, env)
+
+
+def metrics_of(y_pred: np.ndarray, data: TrainingData) -> dict[str, float]:
+    return evaluate(data.y.cpu().numpy(), y_pred, data.s.cpu().numpy())
+
+
+FitCandidate = Callable[[Any, int, Callable[[int, Fitted], None] | None], Fitted]
+
+
+def select_on_validation(method: Method, fit: FitCandidate, candidates: Sequence[Any], data: dict[str, TrainingData],
+                         grid: FinetuneGrid) -> dict[str, Any]:
+    """Train every candidate and keep the one with the lowest validation score (``grid.selection``).
+
+    A method that trains by epochs is scored at each epoch count of the grid, as checkpoints of
+    one run of ``max(grid.epochs)`` epochs. Returns ``score, params`` (a dict), ``val`` (metrics),
+    ``y_pred`` (test predictions) and ``trainable``.
+    """
+    score, checkpoints, best = SELECTION_SCORES[grid.selection], set(grid.epochs), {}
+    val, test = data["val"], data["test"]
+
+    def keep_if_best(epoch: int | None, fitted: Fitted, params: Any) -> None:
+        if epoch is not None and epoch not in checkpoints:
+            return
+        val_metrics = metrics_of(fitted.predict(val.x, val.s), val)
+        if not best or score(val_metrics) < best["score"]:
+            record = {} if params is None else params_record(params)
+            best.update(score=score(val_metrics), params=record if epoch is None else {**record, "epochs": epoch},
+                        val=val_metrics, y_pred=fitted.predict(test.x, test.s), trainable=fitted.trainable_params)
+
+    for params in candidates:
+        if method.trains_by_epoch:
+            fit(params, max(checkpoints), lambda epoch, fitted, params=params: keep_if_best(epoch, fitted, params))
+        else:
+            keep_if_best(None, fit(params, max(checkpoints), None), params)
+    return best
+
+
+def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[str, TrainingData], *, seed: int,
+               keep_predictions: bool = False, model_inputs: Callable[[], tuple[nn.Module, dict[str, TrainingData]]] | None = None,
+               group_names: Sequence[str] | None = None) -> UnitResult:
+    """Fine-tune one method from ``layer`` (or the whole model): select on 'val', score on 'test'.
+
+    A :class:`~fairtune.methods.ModelMethod` trains the model returned by ``model_inputs()`` on
+    its raw inputs instead of the features. Torch's global RNG is left as it was.
+    """
+    parsed = MethodSpec.parse(spec)
+    method = build_method(parsed, grid)
+    target, data = layer, features
+    if isinstance(method, ModelMethod):
+        if model_inputs is None:
+            raise ConfigError(NEEDS_INPUTS.format(method=spec))
+        target, data = model_inputs()
+    for name, split in data.items():
+        check_groups_present(split.s.cpu().numpy(), int(data["train"].s.max()) + 1, where=name)
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        context = method.prepare(target, data["train"], grid)
+
+        def fit(params: Any, epochs: int, on_epoch: Callable[[int, Fitted], None] | None) -> Fitted:
+            return method.fit(target, data["train"], context, params, epochs=epochs, batch_size=grid.batch_size,
+                              seed=seed, on_epoch=on_epoch)
+
+        best = select_on_validation(method, fit, method.candidates(target, grid), data, grid)
+    seconds = 0.0 if parsed.name == PRETRAINED else round(time.perf_counter() - start, 4)
+    test = data["test"]
+    row = {"method": spec, "seed": seed, **metrics_of(best["y_pred"], test), "trainable_params": best["trainable"],
+           "fit_seconds": seconds}
+    selection = None if parsed.name == PRETRAINED else {
+        "method": spec, "seed": seed, "params": best["params"], "val": best["val"], "selection": grid.selection}
+    predictions = None
+    if keep_predictions:
+        codes = test.s.cpu().numpy()
+        predictions = pd.DataFrame({"method": spec, "seed": seed, "y_true": test.y.cpu().numpy(), "y_pred": best["y_pred"],
+                                    "sensitive": codes})
+    return UnitResult(row, selection, predictions)
+
+
+def fit_unit(unit: Unit, env: Environment) -> UnitResult:
+    """Compute one unit (with one torch thread; see the module docstring)."""
+    with intra_op_threads(1):
+        prepared = prepare(unit, env)
+        return fit_method(unit.method, unit.finetune, prepared.layer, prepared.features, seed=unit.seed,
+                          keep_predictions=env.keep_predictions,
+                          model_inputs=lambda: (prepared.model, prepared.inputs(unit.method)))
+
+
+def execute(
+    units: Sequence[Unit],
+    env: Environment,
+    *,
+    executor: SerialExecutor | None = None,
+    store: ResultStore | None = None,
+    on_unit: Callable[[Unit], None] | None = None,
+) -> list[UnitResult]:
+    """Compute every unit not yet in ``store``; return all results in the order of ``units``.
+
+    Each distinct seed is prepared once before its units (filling the on-disk caches, so that
+    parallel workers do not pre-train the same model twice). ``on_unit`` sees each unit as it finishes.
+    """
+    for unit in units:  # every method spec is checked before any work starts
+        MethodSpec.parse(unit.method)
+    results: dict[str, UnitResult] = {}
+    if store is not None:
+        results = {unit.key: UnitResult.from_record(store.get(unit.key)) for unit in units if unit.key in store}
+    pending = list({unit.key: unit for unit in units if unit.key not in results}.values())
+    if pending:
+        seeds = list({_preparation_key(unit, env): unit for unit in pending}.values())
+        with executor or SerialExecutor() as tasks:
+            if tasks.parallel:
+                for _ in tasks.imap(functools.partial(prepare_seed, env=env), seeds):
+                    pass
+            for index, result in tasks.imap(functools.partial(fit_unit, env=env), pending):
+                unit = pending[index]
+                results[unit.key] = result
+                if store is not None:
+                    store.put(unit.key, {"unit": unit.model_dump(mode="json"), **result.record()})
+                if on_unit:
+                    on_unit(unit)
+    return [results[unit.key] for unit in units]
+
+
+def compare_on_features(
+    layer: nn.Linear,
+    features: dict[str, TrainingData],
+    methods: Sequence[str],
+    grid: FinetuneGrid,
+    *,
+    seed: int,
+    keep_predictions: bool = False,
+    model: nn.Module | None = None,
+    inputs: dict[str, TrainingData] | None = None,
+) -> list[UnitResult]:
+    """``pretrained`` and each method of ``methods`` on given features (the Python API's :func:`~fairtune.compare`).
+
+    A method that trains the whole model needs ``model`` and its ``inputs`` per split.
+    """
+    model_inputs = None if model is None or inputs is None else (lambda: (model, inputs))
+    return [fit_method(spec, grid, layer, features, seed=seed, keep_predictions=keep_predictions, model_inputs=model_inputs)
+            for spec in (PRETRAINED, *methods)]
