@@ -8,9 +8,10 @@ OUT ?= runs/adult
 
 .PHONY: setup run test bench clean
 
-$(BIN)/fairtune: pyproject.toml
+# constraints.txt pins every package to the version the tests ran with (pyproject.toml has ranges).
+$(BIN)/fairtune: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(BIN)/fairtune
 
 setup: $(BIN)/fairtune

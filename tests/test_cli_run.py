@@ -229,3 +229,33 @@ def test_console_script_is_the_typer_app() -> None:
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "fairtune"]
     assert script.value == "fairtune.cli:main"
+
+
+def test_device_flag_gives_the_same_results_on_cpu_and_refuses_an_unknown_device(finished_run, data_csv, tmp_path) -> None:
+    out, _ = finished_run
+    on_cpu, _ = good_run(data_csv, tmp_path, cache=tmp_path / "cache")
+    named = invoke(csv_args(data_csv, "--positive", "yes", *TINY_GRID, "--cache-dir", str(tmp_path / "cache"),
+                            "--out", str(tmp_path / "named"), "--device", "cpu"))
+    assert named.exit_code == 0, named.output
+    pd.testing.assert_frame_equal(pd.read_csv(on_cpu / "results.csv").drop(columns="fit_seconds"),
+                                  pd.read_csv(tmp_path / "named" / "results.csv").drop(columns="fit_seconds"))
+    assert json.loads((tmp_path / "named" / "config.json").read_text())["config"]["device"] == "cpu"
+    args = csv_args(data_csv, "--positive", "yes", *TINY_GRID, "--out", str(tmp_path / "bad"), "--device", "nosuch")
+    assert "device 'nosuch' is not available" in _assert_one_line_error(invoke(args), tmp_path / "bad")
+
+
+def test_the_methods_help_lists_every_catalogued_method() -> None:
+    from fairtune.catalogue import METHOD_NAMES
+
+    (methods,) = [p for p in typer.main.get_command(app).commands["run"].params if p.name == "methods"]
+    for name in METHOD_NAMES:
+        assert name in methods.help, name
+
+
+def test_config_json_records_versions_and_the_cpu_capability(finished_run) -> None:
+    import torch
+
+    out, _ = finished_run
+    config = json.loads((out / "config.json").read_text())
+    assert config["torch_version"] == torch.__version__
+    assert config["cpu_capability"] == torch.backends.cpu.get_cpu_capability()

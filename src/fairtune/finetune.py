@@ -27,7 +27,7 @@ from .experiments.engine import compare_on_features
 from .factorization import find_linear, replace_module_
 from .methods import build_method
 from .models import extract_features
-from .training import TrainingData, predict_proba
+from .training import TrainingData, predict_proba, resolve_device
 
 #: ``(X, y, s)`` arrays/tensors, or an iterable of ``(x, y, s)`` batches such as a DataLoader.
 Data = tuple[Any, Any, Any] | Iterable[tuple[Tensor, Tensor, Tensor]]
@@ -90,7 +90,6 @@ NOT_LAST_LAYER = (
 )
 NOT_TORCH = "method {method!r} is not a torch fine-tuning method; compare() runs it beside the others"
 MEANINGLESS_ARGUMENT = "argument {argument}={value!r} means nothing for method {method!r}, which uses: {uses}"
-BAD_DEVICE = "device {device!r} is not available: {reason}"
 NOT_FITTED = "this FairFineTuner is not fitted yet; call fit() first"
 NO_SEEDS = "seeds is empty; give at least one seed"
 #: The arguments FairFineTuner passes to a method only where its catalogue entry uses them.
@@ -113,18 +112,6 @@ def _grid(settings: dict[str, Any]) -> FinetuneGrid:
         first = exc.errors()[0]
         argument = {"ranks": "rank", "lrs": "lr", "epochs": "epochs", "operators": "operator"}.get(first["loc"][0], first["loc"][0])
         raise ConfigError(f"invalid {argument} {first['input']!r}: {first['msg'].removeprefix('Value error, ')}") from None
-
-
-def _device(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    """``device``, or the device of the model's first parameter (cpu for a model without any)."""
-    if device is None:
-        return next((p.device for p in model.parameters()), torch.device("cpu"))
-    try:
-        resolved = torch.device(device)
-        torch.empty(0, device=resolved)
-    except (RuntimeError, AssertionError) as exc:
-        raise ConfigError(BAD_DEVICE.format(device=str(device), reason=str(exc).splitlines()[0])) from None
-    return resolved
 
 
 class FairFineTuner(ClassifierMixin, BaseEstimator):
@@ -204,7 +191,7 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
         grid = _grid({"ranks": (self.rank or 1,), "lrs": (self.lr,), "epochs": (self.epochs,),
                       "operators": (self.operator or "mean",), "fisher": self.fisher or "empirical",
                       "batch_size": self.batch_size})
-        device = _device(self.model, self.device)
+        device = resolve_device(self.device, self.model)
         model = copy.deepcopy(self.model).eval().to(device)
         name, layer = binary_head(model, self.layer)
         train, groups = layer_features(model, layer, X if y is None else (X, y, sensitive_features))

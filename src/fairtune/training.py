@@ -17,6 +17,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .errors import ConfigError
+
 #: ``penalty(logits, y, s, module) -> scalar`` is added to the cross-entropy of each batch.
 Penalty = Callable[[Tensor, Tensor, Tensor, nn.Module], Tensor]
 
@@ -39,6 +41,21 @@ class TrainingData:
     def to(self, device: torch.device | str) -> TrainingData:
         """The same data on ``device``."""
         return TrainingData(self.x.to(device), self.y.to(device), self.s.to(device))
+
+
+BAD_DEVICE = "device {device!r} is not available: {reason}"
+
+
+def resolve_device(device: str | torch.device | None, model: nn.Module | None = None) -> torch.device:
+    """``device`` checked to be usable here, or (None) the device of ``model``'s first parameter, else cpu."""
+    if device is None:
+        return next((p.device for p in model.parameters()), torch.device("cpu")) if model is not None else torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+        torch.empty(0, device=resolved)
+    except (RuntimeError, AssertionError) as exc:
+        raise ConfigError(BAD_DEVICE.format(device=str(device), reason=str(exc).splitlines()[0])) from None
+    return resolved
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..catalogue import PRETRAINED, parse_methods
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
+from ..training import resolve_device
 from .engine import Environment, Unit, UnitResult, execute
 from .._io import ensure_writable_dir
 from .outputs import RunResult, write_run
@@ -41,6 +42,11 @@ class RunConfig(_Settings):
     @classmethod
     def _known_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(str(spec) for spec in parse_methods(value))
+
+    @field_validator("device")
+    @classmethod
+    def _usable_device(cls, value: str | None) -> str | None:
+        return None if value is None else str(resolve_device(value))
 
     @field_validator("seeds")
     @classmethod
