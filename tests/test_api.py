@@ -259,8 +259,11 @@ def test_an_argument_the_method_does_not_use_is_an_error(problem) -> None:
     assert str(info.value) == MEANINGLESS_ARGUMENT.format(argument="rank", value=2, method="tl", uses="lr")
     with pytest.raises(ConfigError, match="means nothing for method 'svd'"):
         FairFineTuner(model, method="svd", operator="min").fit(X, y, sensitive_features=s)
-    with pytest.raises(ConfigError, match="invalid operator 'median'"):
+    with pytest.raises(ConfigError, match="invalid operator='median': it must be one of mean, geometric"):
         FairFineTuner(model, operator="median").fit(X, y, sensitive_features=s)
+    for argument, value in (("lr", -1.0), ("lr", float("nan")), ("epochs", 0), ("rank", 1.5), ("batch_size", 0)):
+        with pytest.raises(ConfigError, match=f"invalid {argument}="):
+            FairFineTuner(model, **{argument: value}).fit(X, y, sensitive_features=s)
 
 
 def test_win_anchor_uses_the_rank_it_is_given(problem) -> None:

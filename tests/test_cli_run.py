@@ -174,15 +174,15 @@ def test_rank_too_large_for_a_binary_head(data_csv, tmp_path) -> None:
     ("flags", "fragment"),
     [
         (["--lrs", "fast"], "--lrs must be a comma-separated list of numbers"),
-        (["--operators", "median"], "invalid setting finetune.operators"),
+        (["--operators", "median"], "invalid value for 'finetune.operators.0'"),
         (["--methods", "nosuch"], "unknown method 'nosuch'"),
         (["--split", "a,b,c"], "--split needs three sizes TRAIN,VAL,TEST"),
-        (["--epochs", "0"], "invalid setting finetune.epochs: Value error, epochs must be >= 1"),
-        (["--lrs", "-1"], "invalid setting finetune.lrs: Value error, learning rates must be > 0 and finite"),
-        (["--lrs", "0.01,nan"], "invalid setting finetune.lrs: Value error, learning rates must be > 0 and finite"),
-        (["--hidden", "0"], "invalid setting pretrain.hidden: Value error, hidden widths must be >= 1"),
-        (["--selection", "accuracy"], "invalid setting finetune.selection"),
-        (["--methods", ","], "invalid setting methods: Tuple should have at least 1 item"),
+        (["--epochs", "0"], "invalid value for 'finetune.epochs': epochs must be >= 1"),
+        (["--lrs", "-1"], "invalid value for 'finetune.lrs': learning rates must be > 0 and finite"),
+        (["--lrs", "0.01,nan"], "invalid value for 'finetune.lrs': learning rates must be > 0 and finite"),
+        (["--hidden", "0"], "invalid value for 'pretrain.hidden': hidden widths must be >= 1"),
+        (["--selection", "accuracy"], "invalid value for 'finetune.selection'"),
+        (["--methods", ","], "invalid value for 'methods': Tuple should have at least 1 item"),
     ],
 )
 def test_bad_settings(data_csv, tmp_path, flags, fragment) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from pydantic import ValidationError
 
 from . import __version__
 from .errors import ConfigError, FairtuneError
@@ -31,13 +30,6 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _one_line(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "settings"
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"invalid setting {where}: {first['msg']}{more}"
-
-
 def user_errors(command: F) -> F:
     """Turn FairtuneError and invalid settings into ``fairtune: error: ...`` and an exit code."""
 
@@ -45,9 +37,6 @@ def user_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except ValidationError as exc:
-            typer.echo(f"fairtune: error: {_one_line(exc)}", err=True)
-            raise typer.Exit(ConfigError.exit_code) from None
         except FairtuneError as exc:
             typer.echo(f"fairtune: error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None

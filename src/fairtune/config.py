@@ -5,9 +5,11 @@ Every model forbids unknown keys, so a typo in a config file is named instead of
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
 
 Operator = Literal["mean", "geometric", "min", "harmonic", "pooled"]
 FisherKind = Literal["empirical", "true"]
@@ -21,8 +23,46 @@ ADULT_SIZES: tuple[int, int, int] = (12287, 5000, 10315)
 DEFAULT_FRACTIONS: tuple[float, float, float] = (12287 / 45222, 5000 / 45222, 10315 / 45222)
 
 
+class SettingsError(ConfigError, ValueError):
+    """Invalid settings: the key path and the problem. A ValueError, so that a model nesting
+    these settings reports it under its own key path too."""
+
+    def __init__(self, where: tuple[str, ...], problem: str, unknown_key: bool = False) -> None:
+        self.where, self.problem, self.unknown_key = where, problem, unknown_key
+        path = ".".join(where) or "(top level)"
+        super().__init__(f"unknown key {path!r}{problem}" if unknown_key else f"invalid value for {path!r}: {problem}")
+
+
+def settings_error(exc: ValidationError) -> SettingsError:
+    """The first problem of ``exc``, naming the key: ``invalid value for 'finetune.lrs': ...``."""
+    first = exc.errors()[0]
+    where = tuple(str(part) for part in first["loc"])
+    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    inner = first.get("ctx", {}).get("error")
+    if isinstance(inner, SettingsError):  # raised by nested settings: join the key paths
+        return SettingsError(where + inner.where, inner.problem + more, inner.unknown_key)
+    if first["type"] == "extra_forbidden":
+        return SettingsError(where, more, unknown_key=True)
+    return SettingsError(where, first["msg"].removeprefix("Value error, ") + more)
+
+
 class _Settings(BaseModel):
+    """Settings: unknown keys refused; invalid values raise :class:`ConfigError` (one line), not pydantic's error."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise settings_error(exc) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise settings_error(exc) from None
 
 
 class SplitConfig(_Settings):

@@ -7,20 +7,21 @@ work and returns ``self``, fitted state ends in ``_``.
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import ValidationError
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from torch import Tensor, nn
 
 from . import errors
 from ._validation import binary_labels, finite_features, group_codes
-from .config import FinetuneGrid
+from .config import FinetuneGrid, FisherKind, Operator
 from .catalogue import CATALOGUE, MethodSpec, parse_methods
 from .errors import ConfigError, DataError, FairtuneError, ModelError
 from .experiments.engine import compare_on_features
@@ -89,6 +90,7 @@ NOT_LAST_LAYER = (
     "use one of: {available}"
 )
 NOT_TORCH = "method {method!r} is not a torch fine-tuning method; compare() runs it beside the others"
+BAD_ARGUMENT = "invalid {argument}={value!r}: it must be {rule}"
 MEANINGLESS_ARGUMENT = "argument {argument}={value!r} means nothing for method {method!r}, which uses: {uses}"
 NOT_FITTED = "this FairFineTuner is not fitted yet; call fit() first"
 NO_SEEDS = "seeds is empty; give at least one seed"
@@ -105,13 +107,19 @@ def estimator_methods() -> list[str]:
     return [name for name, info in CATALOGUE.items() if info.estimator_args]
 
 
-def _grid(settings: dict[str, Any]) -> FinetuneGrid:
-    try:
-        return FinetuneGrid(**settings)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        argument = {"ranks": "rank", "lrs": "lr", "epochs": "epochs", "operators": "operator"}.get(first["loc"][0], first["loc"][0])
-        raise ConfigError(f"invalid {argument} {first['input']!r}: {first['msg'].removeprefix('Value error, ')}") from None
+def _check_arguments(tuner: FairFineTuner) -> None:
+    """Each argument in range, named as the user wrote it (not as the grid field it fills)."""
+    choices = {"operator": get_args(Operator), "fisher": get_args(FisherKind)}
+    for argument, allowed in choices.items():
+        value = getattr(tuner, argument)
+        if value is not None and value not in allowed:
+            raise ConfigError(BAD_ARGUMENT.format(argument=argument, value=value, rule=f"one of {', '.join(allowed)}"))
+    positive_ints = {"rank": tuner.rank or 1, "epochs": tuner.epochs, "batch_size": tuner.batch_size}
+    for argument, value in positive_ints.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ConfigError(BAD_ARGUMENT.format(argument=argument, value=value, rule="an integer >= 1"))
+    if isinstance(tuner.lr, bool) or not isinstance(tuner.lr, numbers.Real) or not 0 < tuner.lr < math.inf:
+        raise ConfigError(BAD_ARGUMENT.format(argument="lr", value=tuner.lr, rule="a finite number > 0"))
 
 
 class FairFineTuner(ClassifierMixin, BaseEstimator):
@@ -188,9 +196,10 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
         if self.model is None:
             raise ConfigError("FairFineTuner needs a model: FairFineTuner(model, ...)")
         spec = self._spec()
-        grid = _grid({"ranks": (self.rank or 1,), "lrs": (self.lr,), "epochs": (self.epochs,),
-                      "operators": (self.operator or "mean",), "fisher": self.fisher or "empirical",
-                      "batch_size": self.batch_size})
+        _check_arguments(self)
+        grid = FinetuneGrid(ranks=(int(self.rank or 1),), lrs=(float(self.lr),), epochs=(int(self.epochs),),
+                            operators=(self.operator or "mean",), fisher=self.fisher or "empirical",
+                            batch_size=int(self.batch_size))
         device = resolve_device(self.device, self.model)
         model = copy.deepcopy(self.model).eval().to(device)
         name, layer = binary_head(model, self.layer)

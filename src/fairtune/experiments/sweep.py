@@ -37,7 +37,7 @@ from typing import Any
 import pandas as pd
 import yaml
 from tqdm.auto import tqdm
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from .._io import ensure_writable_dir, write_csv, write_json
 from ..catalogue import PRETRAINED, parse_methods
@@ -91,24 +91,14 @@ class SweepConfig(_Settings):
         ]
 
 
-def _error_location(error: dict[str, Any]) -> str:
-    return ".".join(str(part) for part in error["loc"]) or "(top level)"
-
-
 def validate_sweep(raw: Any, *, source: str = "sweep config") -> SweepConfig:
-    """Validate a parsed config; a problem becomes a one-line :class:`ConfigError` naming the key."""
+    """Validate a parsed config; a problem becomes a one-line :class:`ConfigError` naming the file and the key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of settings at the top level, got {type(raw).__name__}")
     try:
         return SweepConfig.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = _error_location(first)
-        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-        if first["type"] == "extra_forbidden":
-            raise ConfigError(f"{source}: unknown key {where!r}{more}") from None
-        message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{source}: invalid value for {where!r}: {message}{more}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def load_sweep_config(path: str | os.PathLike[str]) -> SweepConfig:
