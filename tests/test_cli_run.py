@@ -259,3 +259,15 @@ def test_config_json_records_versions_and_the_cpu_capability(finished_run) -> No
     config = json.loads((out / "config.json").read_text())
     assert config["torch_version"] == torch.__version__
     assert config["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_verbose_run_reports_seconds_per_stage(data_csv, tmp_path, caplog) -> None:
+    caplog.set_level("INFO", logger="fairtune")
+    args = csv_args(data_csv, "--positive", "yes", *TINY_GRID, "--methods", "tl,logreg", "--cache-dir", str(tmp_path / "cache"),
+                    "--out", str(tmp_path / "out"))
+    result = CliRunner().invoke(app, ["-v", *args], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    stages = json.loads((tmp_path / "out" / "config.json").read_text())["stage_seconds"]
+    assert set(stages) == {"load", "pre-train", "features", "fine-tune", "select", "peers"}
+    assert stages["pre-train"] > 0 and stages["fine-tune"] > 0 and stages["peers"] > 0
+    assert "seconds per stage: load" in caplog.text and " write " in caplog.text

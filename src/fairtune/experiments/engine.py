@@ -98,17 +98,23 @@ class Environment:
     keep_predictions: bool = False
 
 
+#: The stages whose time a run reports (``fairtune run -v``, ``config.json``).
+STAGES = ("load", "pre-train", "features", "fine-tune", "select", "peers")
+
+
 @dataclass
 class UnitResult:
-    """A unit's test-metric row, its selection record (none for ``pretrained``) and test predictions."""
+    """A unit's test-metric row, its selection record (none for ``pretrained``), test predictions,
+    and the seconds it spent per stage (the seed's preparation counts for its first unit here)."""
 
     row: dict[str, Any]
     selection: dict[str, Any] | None = None
     predictions: pd.DataFrame | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """JSON-ready form, for a :class:`ResultStore`."""
-        return {"row": self.row, "columns": list(self.row), "selection": self.selection,
+        return {"row": self.row, "columns": list(self.row), "selection": self.selection, "stage_seconds": self.stage_seconds,
                 "predictions": None if self.predictions is None else self.predictions.to_dict(orient="list"),
                 "prediction_columns": None if self.predictions is None else list(self.predictions.columns)}
 
@@ -119,7 +125,7 @@ class UnitResult:
         predictions = record.get("predictions")
         if predictions is not None:
             predictions = pd.DataFrame(predictions)[record["prediction_columns"]]
-        return cls(row, record.get("selection"), predictions)
+        return cls(row, record.get("selection"), predictions, record.get("stage_seconds", {}))
 
 
 @dataclass
@@ -189,18 +195,27 @@ def _preparation_key(unit: Unit, env: Environment) -> str:
                     seed=unit.data_seed, layer=unit.target_layer, cache=env.cache_dir, device=env.device)
 
 
-def prepare(unit: Unit, env: Environment, progress: bool = False) -> Prepared:
-    """The unit's seed prepared: data split, pre-trained model (disk cache), features (memory)."""
+def prepare(unit: Unit, env: Environment, progress: bool = False, stages: dict[str, float] | None = None) -> Prepared:
+    """The unit's seed prepared: data split, pre-trained model (disk cache), features (memory).
+
+    ``stages`` receives the seconds spent loading, pre-training and computing features (none
+    when the seed was prepared before in this process).
+    """
     key = _preparation_key(unit, env)
     if key in _PREPARED:
         _PREPARED.move_to_end(key)
         return _PREPARED[key]
+    stages = {} if stages is None else stages
+    clock = time.perf_counter()
     task = load_task(unit.data, seed=unit.data_seed)
+    stages["load"], clock = time.perf_counter() - clock, time.perf_counter()
     model = pretrained_model(task, unit, env, progress)
     if env.device is not None:
         model = model.to(env.device)
     _, layer = find_linear(model, unit.target_layer)
+    stages["pre-train"], clock = time.perf_counter() - clock, time.perf_counter()
     prepared = Prepared(task, model, layer, new_task_features(model, layer, task, env, unit.data.workers, progress))
+    stages["features"] = time.perf_counter() - clock
     _PREPARED[key] = prepared
     while len(_PREPARED) > PREPARED_KEPT:
         _PREPARED.popitem(last=False)
@@ -226,26 +241,29 @@ def select_on_validation(method: Method, fit: FitCandidate, candidates: Sequence
 
     A method that trains by epochs is scored at each epoch count of the grid, as checkpoints of
     one run of ``max(grid.epochs)`` epochs. Returns ``score, params`` (a dict), ``val`` (metrics),
-    ``y_pred`` (test predictions) and ``trainable``.
+    ``y_pred`` (test predictions), ``trainable`` and ``select_seconds`` (the time spent scoring).
     """
     score, checkpoints, best = SELECTION_SCORES[grid.selection], set(grid.epochs), {}
     val, test = data["val"], data["test"]
+    scoring = [0.0]
 
     def keep_if_best(epoch: int | None, fitted: Fitted, params: Any) -> None:
         if epoch is not None and epoch not in checkpoints:
             return
+        started = time.perf_counter()
         val_metrics = metrics_of(fitted.predict(val.x, val.s), val)
         if not best or score(val_metrics) < best["score"]:
             record = {} if params is None else params_record(params)
             best.update(score=score(val_metrics), params=record if epoch is None else {**record, "epochs": epoch},
                         val=val_metrics, y_pred=fitted.predict(test.x, test.s), trainable=fitted.trainable_params)
+        scoring[0] += time.perf_counter() - started
 
     for params in candidates:
         if method.trains_by_epoch:
             fit(params, max(checkpoints), lambda epoch, fitted, params=params: keep_if_best(epoch, fitted, params))
         else:
             keep_if_best(None, fit(params, max(checkpoints), None), params)
-    return best
+    return {**best, "select_seconds": scoring[0]}
 
 
 def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[str, TrainingData], *, seed: int,
@@ -275,7 +293,10 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
                               seed=seed, on_epoch=on_epoch)
 
         best = select_on_validation(method, fit, method.candidates(target, grid), data, grid)
-    seconds = 0.0 if parsed.name == PRETRAINED else round(time.perf_counter() - start, 4)
+    elapsed = time.perf_counter() - start
+    seconds = 0.0 if parsed.name == PRETRAINED else round(elapsed, 4)
+    training = "peers" if parsed.info.family == "peer" else "fine-tune"
+    stages = {training: elapsed - best["select_seconds"], "select": best["select_seconds"]}
     test = data["test"]
     row = {"method": spec, "seed": seed, **metrics_of(best["y_pred"], test), "trainable_params": best["trainable"],
            "fit_seconds": seconds}
@@ -286,16 +307,24 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
         codes = test.s.cpu().numpy()
         predictions = pd.DataFrame({"method": spec, "seed": seed, "y_true": test.y.cpu().numpy(), "y_pred": best["y_pred"],
                                     "sensitive": codes})
-    return UnitResult(row, selection, predictions)
+    return UnitResult(row, selection, predictions, stages)
 
 
 def fit_unit(unit: Unit, env: Environment) -> UnitResult:
     """Compute one unit (with one torch thread; see the module docstring)."""
+    preparation: dict[str, float] = {}
     with intra_op_threads(1):
-        prepared = prepare(unit, env)
-        return fit_method(unit.method, unit.finetune, prepared.layer, prepared.features, seed=unit.seed,
-                          keep_predictions=env.keep_predictions,
-                          model_inputs=lambda: (prepared.model, prepared.inputs(unit.method)))
+        prepared = prepare(unit, env, stages=preparation)
+        result = fit_method(unit.method, unit.finetune, prepared.layer, prepared.features, seed=unit.seed,
+                            keep_predictions=env.keep_predictions,
+                            model_inputs=lambda: (prepared.model, prepared.inputs(unit.method)))
+    result.stage_seconds = {**preparation, **result.stage_seconds}
+    return result
+
+
+def stage_totals(results: Sequence[UnitResult]) -> dict[str, float]:
+    """Seconds per stage summed over units, in :data:`STAGES` order."""
+    return {stage: round(sum(r.stage_seconds.get(stage, 0.0) for r in results), 3) for stage in STAGES}
 
 
 def execute(

@@ -6,7 +6,7 @@
 ``summary.csv``/``.md`` mean and std over seeds per method
 ``selections.json``    the settings chosen on validation per method and seed, with their val metrics
 ``config.json``        every setting, the versions of fairtune and torch, torch's CPU capability,
-                       the command and the wall time: enough to rerun
+                       the command, the wall time and the seconds per stage: enough to rerun
 ``predictions.csv``    (if kept) ``method, seed, y_true, y_pred, sensitive`` on the test split
 =====================  =========================================================================
 
@@ -37,6 +37,7 @@ class RunResult:
     results: pd.DataFrame
     selections: list[dict[str, Any]] = field(default_factory=list)
     predictions: pd.DataFrame | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
@@ -66,5 +67,5 @@ def write_run(result: RunResult, config: BaseModel, directory: str | Path, *, wa
         write_csv(result.predictions, out / "predictions.csv")
         names.append("predictions.csv")
     write_json({**run_metadata(config), "command": command if command is not None else sys.argv,
-                "wall_seconds": round(wall_seconds, 2)}, out / "config.json")
+                "wall_seconds": round(wall_seconds, 2), "stage_seconds": result.stage_seconds}, out / "config.json")
     return [*names, "config.json"]

@@ -8,6 +8,7 @@ layer's features once, selects each method's settings on validation and scores t
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -20,10 +21,13 @@ from tqdm.auto import tqdm
 from ..catalogue import PRETRAINED, parse_methods
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
 from ..training import resolve_device
-from .engine import Environment, Unit, UnitResult, execute
+from .engine import Environment, Unit, UnitResult, execute, stage_totals
 from .._io import ensure_writable_dir
 from .outputs import RunResult, write_run
 from .scheduling import SerialExecutor
+
+
+logger = logging.getLogger(__name__)
 
 
 class RunConfig(_Settings):
@@ -68,12 +72,13 @@ class RunConfig(_Settings):
 
 
 def collect(results: list[UnitResult]) -> RunResult:
-    """Unit results, in order, as one result table, selections and predictions."""
+    """Unit results, in order, as one result table, selections, predictions and stage times."""
     predictions = [r.predictions for r in results if r.predictions is not None]
     return RunResult(
         results=pd.DataFrame([r.row for r in results]),
         selections=[r.selection for r in results if r.selection is not None],
         predictions=pd.concat(predictions, ignore_index=True) if predictions else None,
+        stage_seconds=stage_totals(results),
     )
 
 
@@ -97,7 +102,10 @@ def run(config: RunConfig, *, out: str | os.PathLike[str] | None = None, keep_pr
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
+    writing = time.perf_counter()
     write_run(result, config, out_dir, wall_seconds=time.perf_counter() - started)
+    result.stage_seconds["write"] = round(time.perf_counter() - writing, 3)  # after config.json, which cannot hold it
+    logger.info("seconds per stage: %s", ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in result.stage_seconds.items()))
     return result
 
 
