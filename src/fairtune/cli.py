@@ -138,12 +138,12 @@ def run(
     pretrain_epochs: Annotated[int, typer.Option(min=1, help="Epochs of MLP pre-training on the source split.")] = 20,
     cache_dir: Annotated[Path | None, typer.Option(help="Cache of pre-trained models (default $FAIRTUNE_CACHE or ~/.cache/fairtune).")] = None,
     processes: Annotated[int, typer.Option(min=1, help="Run the (method, seed) fits in this many local processes (same results; see fairtune sweep for grids and clusters).")] = 1,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --out (by default such a folder is refused).")] = False,
+    min_group_size: Annotated[int | None, typer.Option(help="Merge sensitive groups with fewer rows than this into one group 'other' (needed when a group is too small to split).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Compare fine-tuning methods on one data set over seeds; print mean ± std and write CSV/JSON files."""
-    from ._io import ensure_writable_dir, write_csv, write_json, write_text
-    from .experiments import RunConfig, run as run_experiment, run_metadata, summarize
-    from .report import summary_table, to_markdown
+    from .experiments import RunConfig, run as run_experiment
 
     config = RunConfig.model_validate({
         "data": {
@@ -151,7 +151,7 @@ def run(
             "positive": positive, "keep_sensitive": keep_sensitive, "drop_missing": drop_missing,
             "split": _split(split), "split_seed": split_seed,
             "data_dir": str(data_dir) if data_dir else None, "weights": str(weights) if weights else None,
-            "arch": arch, "image_size": image_size, "workers": workers,
+            "arch": arch, "image_size": image_size, "workers": workers, "min_group_size": min_group_size,
         },
         "pretrain": {"hidden": _ints(hidden, "hidden"), "epochs": pretrain_epochs},
         "finetune": {
@@ -161,31 +161,20 @@ def run(
         "methods": _words(methods), "seeds": tuple(range(seeds)), "target_layer": layer,
         "cache_dir": str(cache_dir) if cache_dir else None,
     })
-    out_is_new = not out.exists()
-    out_dir = ensure_writable_dir(out)  # fail fast, before pre-training, if it cannot be written
-    started = time.perf_counter()
-    try:
+    from .experiments.run_folder import RunFolder, write_run_files
+
+    with RunFolder(out, overwrite=overwrite) as folder:  # refuses an earlier run's folder, before pre-training
+        started = time.perf_counter()
         if processes > 1:
             from .experiments.sweep import ProcessExecutor, run_parallel
 
             result = run_parallel(config, ProcessExecutor(processes), keep_predictions=save_predictions)
         else:
             result = run_experiment(config, keep_predictions=save_predictions, progress=not quiet and sys.stderr.isatty())
-    except BaseException:
-        if out_is_new and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # a failed run leaves no output behind, not even an empty folder
-        raise
-    summary = summarize(result.results)
-    table = summary_table(summary)
-    write_csv(result.results, out_dir / "results.csv")
-    write_csv(summary, out_dir / "summary.csv")
-    write_json(result.selections, out_dir / "selections.json")
-    write_text(to_markdown(table), out_dir / "summary.md")
-    if result.predictions is not None:
-        write_csv(result.predictions, out_dir / "predictions.csv")
-    write_json({**run_metadata(config), "command": sys.argv, "wall_seconds": round(time.perf_counter() - started, 2)}, out_dir / "config.json")
-    typer.echo(table.to_string(index=False))
-    typer.echo(f"\nwrote {out_dir}/results.csv, summary.csv, summary.md, selections.json, config.json"
+        table = folder.commit(lambda directory: write_run_files(directory, result, config, command=sys.argv,
+                                                                wall_seconds=time.perf_counter() - started))
+    typer.echo(table)
+    typer.echo(f"\nwrote {out}/results.csv, summary.csv, summary.md, selections.json, config.json"
                + (", predictions.csv" if result.predictions is not None else ""))
 
 
@@ -196,20 +185,22 @@ def sweep(
     out: Annotated[Path | None, typer.Option(help="Output folder (default: the config's 'out', else runs/sweep). Finished units are kept in OUT/units/ and skipped on restart.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Local worker processes (ignored with --scheduler).")] = 1,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address tcp://HOST:PORT (default $DASK_SCHEDULER_ADDRESS); runs the units on that cluster.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier sweep of another config in --out (the same config resumes without it).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run a grid of (data set, method, setting, seed) units in parallel; resumable; writes OUT/results.csv."""
     from tqdm.auto import tqdm
 
-    from ._io import ensure_writable_dir
+    from .experiments.run_folder import check_sources, sweep_folder
     from .experiments.sweep import choose_executor, completed_units, load_sweep_config, sweep as run_sweep
 
     grid = load_sweep_config(config)
-    out_dir = ensure_writable_dir(out or Path(grid.out or "runs/sweep"))
+    check_sources(grid.datasets)  # a missing CSV is named before any file is written
     executor = choose_executor(workers=workers, scheduler=scheduler)
-    done, total = len(completed_units(grid, out_dir)), len(grid.units())
-    with tqdm(total=total, initial=done, desc="sweep", unit="unit", disable=quiet) as bar:
-        results = run_sweep(grid, out_dir, executor=executor, on_unit=lambda _unit: bar.update(1))
+    with sweep_folder(out or Path(grid.out or "runs/sweep"), grid.model_dump(mode="json"), overwrite=overwrite) as out_dir:
+        done, total = len(completed_units(grid, out_dir)), len(grid.units())
+        with tqdm(total=total, initial=done, desc="sweep", unit="unit", disable=quiet) as bar:
+            results = run_sweep(grid, out_dir, executor=executor, on_unit=lambda _unit: bar.update(1))
     typer.echo(f"{total} units ({done} reused from {out_dir}/units); wrote {out_dir}/results.csv ({len(results)} rows)")
 
 

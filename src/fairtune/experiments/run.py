@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from .._validation import check_groups_present
+from .._validation import check_groups_present, unique_methods
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
 from ..data import load_task
 from ..data._types import Split, Task
@@ -56,6 +56,11 @@ class RunConfig(_Settings):
     target_layer: str | None = Field(None, description="name of the nn.Linear to fine-tune; None = the last")
     cache_dir: str | None = None
 
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return unique_methods(value)
+
 
 @dataclass
 class RunResult:
@@ -64,6 +69,7 @@ class RunResult:
     results: pd.DataFrame
     selections: list[dict[str, Any]] = field(default_factory=list)
     predictions: pd.DataFrame | None = None
+    group_names: tuple[str, ...] = ()
 
 
 def pretrained_model(task: Task, config: RunConfig, seed: int, progress: bool = False) -> nn.Module:
@@ -242,10 +248,12 @@ def run(config: RunConfig, *, keep_predictions: bool = False, progress: bool = T
             predictions += p
     finally:
         bar.close()
+    names = task.group_names
     return RunResult(
         results=pd.DataFrame(rows),
         selections=selections,
-        predictions=pd.concat(predictions, ignore_index=True) if predictions else None,
+        predictions=pd.concat(predictions, ignore_index=True).assign(group=lambda p: [names[c] for c in p["sensitive"]]) if predictions else None,
+        group_names=names,
     )
 
 
@@ -260,4 +268,5 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_metadata(config: RunConfig) -> dict[str, Any]:
-    return {"fairtune_version": __version__, "torch_version": torch.__version__, "config": config.model_dump(mode="json")}
+    return {"fairtune_version": __version__, "torch_version": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "config": config.model_dump(mode="json")}

@@ -44,7 +44,9 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from .._io import ensure_writable_dir, write_csv, write_json
+from .._validation import seed_range
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
+from ..data import NamedDatasetErrors
 from ..errors import ConfigError
 from ..methods import METHODS
 from .run import RunConfig, RunResult, run
@@ -73,7 +75,7 @@ class SweepConfig(_Settings):
     @field_validator("seeds", mode="before")
     @classmethod
     def _count_means_range(cls, value: Any) -> Any:
-        return tuple(range(value)) if isinstance(value, int) and not isinstance(value, bool) else value
+        return seed_range(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("methods")
     @classmethod
@@ -298,9 +300,10 @@ def sweep(
     write_json({"sweep": config.model_dump(mode="json"), "units": len(config.units())}, out_dir / "sweep.json")
     if pending:
         with (executor or SerialExecutor()) as tasks:
-            for _ in tasks.imap(prepare_unit, _one_per_data_seed([config.run_config(unit) for unit in pending])):
+            names = {data.model_dump_json(): name for name, data in config.datasets.items()}  # errors name their data set
+            for _ in tasks.imap(NamedDatasetErrors(prepare_unit, names), _one_per_data_seed([config.run_config(unit) for unit in pending])):
                 pass
-            for index, record in tasks.imap(run_unit, [config.run_config(unit) for unit in pending]):
+            for index, record in tasks.imap(NamedDatasetErrors(run_unit, names), [config.run_config(unit) for unit in pending]):
                 unit = pending[index]
                 store.put(config.key(unit), {"unit": unit, **record})
                 if on_unit:
@@ -340,4 +343,4 @@ def run_parallel(config: RunConfig, executor: SerialExecutor, *, keep_prediction
     predictions = [p.predictions if first else p.predictions[p.predictions["method"] != "pretrained"]
                    for p, first in zip(parts, first_of_seed) if p.predictions is not None]
     return RunResult(results=results, selections=[s for p in parts for s in p.selections],
-                     predictions=pd.concat(predictions, ignore_index=True) if predictions else None)
+                     predictions=pd.concat(predictions, ignore_index=True) if predictions else None, group_names=parts[0].group_names)
