@@ -85,5 +85,5 @@ def test_value_suffix_only_where_taken():
     assert get_method("win-anchor:2.5").anchor == 2.5
     with pytest.raises(ConfigError, match="takes no ':value'"):
         get_method("win-hidden:3")
-    with pytest.raises(ConfigError, match="anchor strength must be >= 0"):
+    with pytest.raises(ConfigError, match="anchor strength μ must be a finite number >= 0"):
         get_method("tl-anchor:-1")

@@ -78,3 +78,14 @@ NOT_A_STATE_DICT = (
     "weights {path} are not a plain state dict: the file pickles code (e.g. a whole model object), which fairtune "
     "does not load; convert it in a trusted session: torch.save(torch.load(path, weights_only=False).state_dict(), 'plain.pt')"
 )
+NON_BINARY_LABELS_API = (
+    "label {name!r} is not binary 0/1: found {count} distinct values ({values}); "
+    "map it to 0/1 first, e.g. y = (y == POSITIVE_VALUE)"
+)
+NOT_A_LABEL_VECTOR = "y must be a vector of class labels, got shape {shape}; for one-hot labels pass y.argmax(1)"
+NOT_A_TRIPLE = (
+    "each batch must be (x, y, s), got {count} item(s); the sensitive features are needed too, "
+    "e.g. TensorDataset(X, y, s)"
+)
+NO_SAMPLES = "X has no samples"
+NO_SEEDS = "seeds is empty; give at least one seed"

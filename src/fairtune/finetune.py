@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ._validation import binary_labels, finite_features, group_codes
+from ._validation import binary_labels, finite_features, group_codes, unique_methods
 from .config import FinetuneGrid
 from . import errors
 from .errors import ConfigError, DataError, FairtuneError, ModelError
@@ -23,21 +23,41 @@ from .experiments.run import compare_on_features
 from .factorization import count_parameters, find_linear, freeze_all_but_, replace_module_
 from .methods import FittedHead, get_method
 from .models import extract_features
-from .training import TrainingData, predict_proba
+from .training import TrainingData
 
 #: ``(X, y, s)`` arrays/tensors, or an iterable of ``(x, y, s)`` batches such as a DataLoader.
 Data = tuple[Any, Any, Any] | Iterable[tuple[Tensor, Tensor, Tensor]]
 
 
-def _as_inputs(x: Any) -> Tensor:
+def _as_inputs(x: Any, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``x`` as a tensor of ``dtype`` (the model's), refusing an empty or non-finite input."""
     if isinstance(x, Tensor):
         inputs = x
     else:
         array = np.asarray(x)
         inputs = torch.from_numpy(finite_features(array)) if array.ndim == 2 else torch.as_tensor(array, dtype=torch.float32)
+    if len(inputs) == 0:
+        raise DataError(errors.NO_SAMPLES)
     if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
         raise DataError("inputs contain NaN or infinite values")
-    return inputs
+    return inputs.to(dtype) if inputs.is_floating_point() else inputs
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of ``model``'s parameters (float32 for a model without any)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _float32_head(layer: nn.Linear) -> nn.Linear:
+    """The layer fairtune fine-tunes in float32: ``layer`` itself, or a float32 copy of a float64 one."""
+    return layer if layer.weight.dtype == torch.float32 else copy.deepcopy(layer).float()
+
+
+def _labels(y: Any) -> np.ndarray:
+    labels = np.asarray(y.cpu() if isinstance(y, Tensor) else y)
+    if labels.ndim > 1 and not (labels.ndim == 2 and labels.shape[1] == 1):
+        raise DataError(errors.NOT_A_LABEL_VECTOR.format(shape=tuple(labels.shape)))
+    return labels.ravel()
 
 
 def binary_head(model: nn.Module, name: str | None) -> tuple[str, nn.Linear]:
@@ -55,18 +75,21 @@ def layer_features(model: nn.Module, layer: nn.Linear, data: Data, group_names: 
     else:
         batches = data
     xs, ys, ss = [], [], []
-    for x, y, s in batches:
+    for batch in batches:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 3:
+            raise DataError(errors.NOT_A_TRIPLE.format(count=len(batch) if isinstance(batch, (tuple, list)) else 1))
+        x, y, s = batch
         if y is None or s is None:
             raise DataError(errors.MISSING_LABELS_OR_GROUPS)
-        inputs = _as_inputs(x)
-        ys.append(np.asarray(y.cpu() if isinstance(y, Tensor) else y).ravel())
+        inputs = _as_inputs(x, model_dtype(model))
+        ys.append(_labels(y))
         ss.append(np.asarray(s.cpu() if isinstance(s, Tensor) else s).ravel())
         if not len(inputs) == len(ys[-1]) == len(ss[-1]):
             raise DataError(errors.LENGTH_MISMATCH.format(x=len(inputs), y=len(ys[-1]), s=len(ss[-1])))
         xs.append(extract_features(model, layer, inputs))
     if not xs:
         raise DataError("no data: the data loader yielded no batch")
-    y_all = binary_labels(np.concatenate(ys), name="y")
+    y_all = binary_labels(np.concatenate(ys), name="y", not_binary=errors.NON_BINARY_LABELS_API)
     s_raw = np.concatenate(ss)
     if group_names is None:
         s_codes, group_names = group_codes(s_raw, name="sensitive_features")
@@ -142,12 +165,14 @@ class FairFineTuner:
         train, groups = layer_features(model, layer, X if y is None else (X, y, sensitive_features))
         if method.needs_model(grid):
             raise ConfigError(NOT_LAST_LAYER.format(method=self.method))
+        layer = _float32_head(layer)  # the model runs in its dtype; its head is fine-tuned in float32
         torch.manual_seed(self.seed)
         params = method.candidates(layer, grid)[0]
         fitted = method.fit(layer, train, method.prepare(layer, train, grid), params,
                             epochs=self.epochs, batch_size=self.batch_size, seed=self.seed)
         if not isinstance(fitted, FittedHead):
             raise ConfigError(NOT_TORCH.format(method=self.method))
+        fitted.module.to(model_dtype(model))
         if name:
             replace_module_(model, name, fitted.module)
         else:  # the model is the target layer itself
@@ -165,7 +190,8 @@ class FairFineTuner:
     def predict_proba(self, X: Any) -> np.ndarray:
         """P(Y=1 | x), ``(n,)``."""
         self._check_fitted()
-        return predict_proba(self.model_, _as_inputs(X))
+        inputs = _as_inputs(X, model_dtype(self.model_))
+        return torch.cat([self.model_(inputs[i:i + 8192]).softmax(dim=1)[:, 1].float() for i in range(0, len(inputs), 8192)]).numpy()
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted labels in {0, 1}."""
@@ -188,6 +214,9 @@ def compare(
     Returns one row per (method, seed) with ``err, delta_dp, delta_eo, trainable_params``
     (method ``pretrained`` is the model as given). Backbone features are computed once.
     """
+    if not seeds:
+        raise ConfigError(errors.NO_SEEDS)
+    methods = unique_methods(methods)
     grid = grid or FinetuneGrid()
     model = copy.deepcopy(model).eval()  # the caller's model keeps its train/eval mode
     name, target = binary_head(model, layer)
@@ -196,5 +225,5 @@ def compare(
     rows = []
     for seed in seeds:
         torch.manual_seed(seed)
-        rows += compare_on_features(target, features, methods, grid, seed=seed)[0]
+        rows += compare_on_features(_float32_head(target), features, methods, grid, seed=seed)[0]
     return pd.DataFrame(rows)

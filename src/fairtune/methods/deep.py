@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor, nn
 
 from ..config import FinetuneGrid
+from .._validation import check_strength
 from ..errors import ConfigError, ModelError
 from ..factorization import (
     FactorizedLinear,
@@ -83,12 +84,7 @@ class DeepVariant(FineTuningMethod):
 
     def __init__(self, anchor: float | str | None = None) -> None:
         value = DEFAULT_ANCHOR if anchor is None else anchor
-        try:
-            self.anchor = float(value) if self.anchored else 0.0
-        except ValueError:
-            raise ConfigError(f"anchor strength must be a number, got {value!r}") from None
-        if self.anchor < 0:
-            raise ConfigError(f"anchor strength must be >= 0, got {self.anchor}")
+        self.anchor = check_strength(value, what="anchor strength μ") if self.anchored else 0.0  # refuses nan and inf
         self._fisher: dict[tuple[nn.Module, str], dict[str, GroupFisher]] = {}
 
     def needs_model(self, grid: FinetuneGrid) -> bool:
