@@ -240,7 +240,7 @@ def test_bundled_adult_keeps_its_random_split() -> None:
     assert np.array_equal(task.test.y, expected.astype(np.int64))
 
 
-def test_too_small_group_is_named_with_its_rows_and_min_group_size(tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_too_small_group_is_named_with_its_rows_and_min_group_size(tmp_path: Path, cache: Path) -> None:
     frame = six_groups(smallest=6)  # F: 3 positive, 3 negative
     small_e = frame.index[frame["group"] == "E"]
     frame.loc[small_e[5:], "group"] = "A"
@@ -252,9 +252,16 @@ def test_too_small_group_is_named_with_its_rows_and_min_group_size(tmp_path: Pat
     assert "'other'" in line
     result = run_csv(path, tmp_path / "out", "--min-group-size", "7", cache=cache)
     assert result.exit_code == 0, result.output
-    assert "merged 2 group(s) of 'group' with fewer than 7 rows ('E', 'F') into 'other' (11 rows)" in caplog.text  # a warning
+    assert "merged 2 group(s) of 'group' with fewer than 7 rows ('E', 'F') into 'other' (11 rows)" in result.stderr  # a notice
     groups = json.loads((tmp_path / "out" / "config.json").read_text())["groups"]
     assert groups == {"0": "A", "1": "B", "2": "C", "3": "D", "4": "other"}
+
+
+def test_a_notice_before_a_failure_is_not_printed_beside_the_error(tmp_path: Path, cache: Path) -> None:
+    frame = generated_frame(600)  # both groups under 1000 rows: merged into one, a single group
+    line = one_line_error(run_csv(write(frame, tmp_path / "d.csv"), tmp_path / "out", "--min-group-size", "1000", cache=cache),
+                          "has a single group ('other')")
+    assert "merged" not in line
 
 
 def test_min_group_size_that_leaves_the_merged_group_too_small_suggests_one_that_works() -> None:

@@ -7,7 +7,6 @@ as one line on stderr with a non-zero exit code, never as a traceback.
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import typer
 from pydantic import ValidationError
 
 from . import __version__
+from ._io import configure_logging, release_notices
 from .errors import ConfigError, FairtuneError
 
 app = typer.Typer(
@@ -44,16 +44,21 @@ def user_errors(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            outcome = command(*args, **kwargs)
         except ValidationError as exc:
+            release_notices(show=False)
             typer.echo(f"fairtune: error: {_one_line(exc)}", err=True)
             raise typer.Exit(ConfigError.exit_code) from None
         except FairtuneError as exc:
+            release_notices(show=False)
             typer.echo(f"fairtune: error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
+            release_notices(show=False)
             typer.echo("fairtune: interrupted", err=True)
             raise typer.Exit(130) from None
+        release_notices(show=True)
+        return outcome
 
     return wrapper  # type: ignore[return-value]
 
@@ -99,7 +104,7 @@ def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what is being done (to stderr).")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose)  # warnings are held until the command ends: a failure prints one line
 
 
 @app.command()
