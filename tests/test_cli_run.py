@@ -75,7 +75,8 @@ def test_run_writes_results_for_every_method_and_seed(finished_run) -> None:
 def test_run_saves_predictions_on_the_test_split(finished_run, data_csv) -> None:
     out, _ = finished_run
     predictions = pd.read_csv(out / "predictions.csv")
-    assert list(predictions.columns) == ["method", "seed", "y_true", "y_pred", "sensitive"]
+    assert list(predictions.columns) == ["method", "seed", "y_true", "y_pred", "sensitive", "group"]
+    assert set(zip(predictions["sensitive"], predictions["group"])) == {(0, "a"), (1, "b")}  # the user's group names
     sizes = predictions.groupby(["method", "seed"]).size()
     assert len(sizes) == 8 and sizes.nunique() == 1
     assert set(predictions["y_pred"]) <= {0, 1} and set(predictions["sensitive"]) == {0, 1}

@@ -29,6 +29,7 @@ from fairtune.errors import DataError, ModelError
 from fairtune.experiments.run import RunConfig, run
 from fairtune.factorization import find_linear
 from fairtune.models import save_weights
+from fairtune.models.checkpoint import load_weights_
 from fairtune.models.vision import SmallCNN, pretrained_vision, vision_model
 
 CELEBA_ATTRIBUTES = ["5_o_Clock_Shadow", "Male", "Smiling", "Wavy_Hair", "Young"]
@@ -275,6 +276,21 @@ def test_pretraining_is_cached_per_seed(tmp_path: Path) -> None:
         torch.testing.assert_close(again.state_dict()[key], value)
     pretrained_vision(task, config, arch="small_cnn", seed=1, cache_dir=tmp_path)
     assert len(list((tmp_path / "models").glob("small_cnn-*.safetensors"))) == 2
+
+
+def test_a_corrupted_cached_vision_model_is_rebuilt(tmp_path: Path) -> None:
+    """A cache entry is derived data: a damaged one is pre-trained again (same seed, same weights), not an error."""
+    task = digits_task(seed=0, split=SplitConfig(train=0.1, val=0.1, test=0.1))
+    config = PretrainConfig(epochs=1)
+    fresh = pretrained_vision(task, config, arch="small_cnn", seed=0, cache_dir=tmp_path)
+    [path] = (tmp_path / "models").glob("small_cnn-*.safetensors")
+    path.write_bytes(b"corrupted")
+    rebuilt = pretrained_vision(task, config, arch="small_cnn", seed=0, cache_dir=tmp_path)
+    for key, value in fresh.state_dict().items():
+        torch.testing.assert_close(rebuilt.state_dict()[key], value, rtol=0, atol=0)
+    reloaded = load_weights_(vision_model("small_cnn"), path)  # the cache entry was replaced by a good file
+    for key, value in fresh.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[key], value, rtol=0, atol=0)
 
 
 # --- run() and the CLI on image data --------------------------------------------------------------

@@ -8,20 +8,25 @@ import numpy as np
 import pandas as pd
 
 from . import errors
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 _TRUE_LIKE = {"1", "1.0", "true", "yes", "y", "t"}  # "1.0": float labels, e.g. y.float()
 _FALSE_LIKE = {"0", "0.0", "false", "no", "n", "f"}
 
 
-def binary_labels(values: Sequence | np.ndarray | pd.Series, *, name: str = "label", positive: object | None = None) -> np.ndarray:
+def binary_labels(
+    values: Sequence | np.ndarray | pd.Series, *, name: str = "label", positive: object | None = None,
+    not_binary: str = errors.NON_BINARY_LABELS,
+) -> np.ndarray:
     """Map ``values`` to int64 {0, 1}.
 
     With ``positive`` given, 1 marks entries equal to it (compared as strings, so ``--positive 1``
     matches an integer column). Without it the values must already be two-valued and 0/1- or
-    boolean-like.
+    boolean-like; ``not_binary`` is the message template otherwise (the CLI's names ``--positive``).
     """
     series = pd.Series(np.asarray(values)).reset_index(drop=True)
+    if series.empty:
+        raise DataError(f"label {name!r} has no value: no samples")
     if series.isna().any():
         raise DataError(f"label {name!r} has {int(series.isna().sum())} missing value(s)")
     as_text = series.astype(str).str.strip()
@@ -35,17 +40,24 @@ def binary_labels(values: Sequence | np.ndarray | pd.Series, *, name: str = "lab
         distinct = sorted(as_text.unique())
         lowered = {v.lower() for v in distinct}
         if len(distinct) > 2 or not (lowered <= _TRUE_LIKE | _FALSE_LIKE and len(lowered) == len(distinct)):
-            raise DataError(
-                errors.NON_BINARY_LABELS.format(name=name, count=len(distinct), values=", ".join(distinct[:10]))
-            )
+            raise DataError(not_binary.format(name=name, count=len(distinct), values=", ".join(distinct[:10])))
         labels = as_text.str.lower().isin(_TRUE_LIKE).to_numpy(np.int64)
     if labels.min() == labels.max():
         raise DataError(f"label {name!r} has a single class ({int(labels[0])}); fine-tuning needs both")
     return labels
 
 
-def group_codes(values: Sequence | np.ndarray | pd.Series, *, name: str = "sensitive") -> tuple[np.ndarray, tuple[str, ...]]:
-    """Encode a sensitive attribute as int64 codes 0..G-1 (sorted by name); require G >= 2."""
+#: More distinct sensitive values than this are refused: a continuous attribute (age, a score)
+#: would otherwise be fitted as hundreds of groups of a few samples each.
+MAX_GROUPS = 50
+#: Name of the group that ``min_group_size`` merges small groups into.
+OTHER_GROUP = "other"
+
+
+def group_codes(
+    values: Sequence | np.ndarray | pd.Series, *, name: str = "sensitive", max_groups: int = MAX_GROUPS,
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Encode a sensitive attribute as int64 codes 0..G-1 (sorted by name); require 2 <= G <= ``max_groups``."""
     series = pd.Series(np.asarray(values)).reset_index(drop=True)
     if series.isna().any():
         raise DataError(f"sensitive attribute {name!r} has {int(series.isna().sum())} missing value(s)")
@@ -53,6 +65,8 @@ def group_codes(values: Sequence | np.ndarray | pd.Series, *, name: str = "sensi
     names = tuple(sorted(as_text.unique()))
     if len(names) < 2:
         raise DataError(errors.SINGLE_GROUP.format(name=name, group=names[0] if names else None))
+    if len(names) > max_groups:
+        raise DataError(errors.TOO_MANY_GROUPS.format(name=name, count=len(names), limit=max_groups))
     codes = as_text.map({g: i for i, g in enumerate(names)}).to_numpy(np.int64)
     return codes, names
 
@@ -70,8 +84,56 @@ def finite_features(x: np.ndarray, *, columns: Sequence[str] | None = None) -> n
     return array
 
 
-def check_groups_present(s: np.ndarray, n_groups: int, *, where: str) -> None:
-    """Every group must occur in a split that is used for fitting or evaluation."""
+def check_groups_present(s: np.ndarray, n_groups: int, *, where: str, names: Sequence[str] | None = None) -> None:
+    """Every group must occur in a split that is used for fitting or evaluation; named by ``names[code]``."""
     counts = np.bincount(s, minlength=n_groups)
     if (counts == 0).any():
-        raise DataError(f"the {where} split has no sample of group code(s) {np.flatnonzero(counts == 0).tolist()}")
+        absent = np.flatnonzero(counts == 0).tolist()
+        shown = [names[code] for code in absent] if names is not None else absent
+        raise DataError(errors.GROUPS_ABSENT.format(where=where, groups=", ".join(map(repr, shown))))
+
+
+def merge_small_groups(values: pd.Series, minimum: int, *, column: str) -> tuple[pd.Series, str | None]:
+    """Replace the groups of ``values`` with fewer than ``minimum`` rows by one group, ``OTHER_GROUP``.
+
+    Returns the new values and a notice naming the merged groups (None when none was merged).
+    The merged group is called ``"other"``, or ``"other (merged)"`` if ``"other"`` is already a group.
+    """
+    text = values.astype(str).str.strip()
+    counts = text.value_counts()
+    small = sorted(counts.index[counts < minimum])
+    if not small:
+        return values, None
+    other = OTHER_GROUP if OTHER_GROUP not in counts.index or OTHER_GROUP in small else f"{OTHER_GROUP} (merged)"
+    merged = text.where(~text.isin(small), other)
+    notice = errors.MERGED_GROUPS.format(
+        count=len(small), column=column, minimum=minimum, names=", ".join(map(repr, small[:10])) + (", ..." if len(small) > 10 else ""),
+        other=other, rows=int(counts[small].sum()),
+    )
+    return merged, notice
+
+
+def check_strength(value: float | str, *, what: str) -> float:
+    """``value`` as a float that is finite and >= 0 (a regularizer intensity λ, an anchor strength μ), else a ConfigError."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(errors.BAD_STRENGTH.format(what=what, value=value)) from None
+    if not (np.isfinite(number) and number >= 0):
+        raise ConfigError(errors.BAD_STRENGTH.format(what=what, value=value))
+    return number
+
+
+def unique_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    """``methods`` unchanged, or a ConfigError naming the ones listed twice (a repeat would count its seeds twice)."""
+    repeated = sorted({m for m in methods if list(methods).count(m) > 1})
+    if repeated:
+        raise ConfigError(errors.REPEATED_METHODS.format(names=", ".join(repeated)))
+    return tuple(methods)
+
+
+def seed_range(count: int) -> tuple[int, ...]:
+    """Seeds 0..count-1 for a count of seeds; a ValueError (a settings error) unless count >= 1."""
+    if count < 1:
+        raise ValueError(f"a number of seeds must be >= 1, got {count}")
+    return tuple(range(count))

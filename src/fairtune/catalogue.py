@@ -6,6 +6,11 @@ and the import path of its implementation. The registry, the report labels and c
 study grouping, sweep validation and the CLI help all read this table; adding a method is
 one module plus one entry here.
 
+Fairness targets are methods too: ``win-eo:0.05`` is WIN fine-tuned to ΔEO ≤ ε = 0.05
+(constrained training, settings chosen among those that meet ε on validation), and
+``win-eo-thr:0.05`` adds per-group decision thresholds (which need the sensitive attribute at
+prediction time). They exist for every method in :data:`TARGETABLE`, for ``eo`` and ``dp``.
+
 A method *spec* names a method and, where it takes one, its value; the neutralization
 study adds a rank fraction: ``name[:value][@fraction]``, e.g. ``retrain-eo:0.1`` (λ = 0.1),
 ``win-anchor:2`` (μ = 2), ``win-hidden@0.25``. :class:`MethodSpec` is the one parser and
@@ -22,14 +27,16 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import ConfigError
+from .errors import REPEATED_METHODS, ConfigError
 
-Family = Literal["reference", "baseline", "win", "regularizer", "variant", "peer"]
+Family = Literal["reference", "baseline", "win", "regularizer", "variant", "peer", "target"]
 Inputs = Literal["features", "model"]
 
 UNKNOWN_METHOD = "unknown method {name!r}; available: {available}"
 NO_VALUE = "method {name!r} takes no ':value' suffix (only {takers} do), got {spec!r}"
-BAD_VALUE = "{symbol} of {name!r} must be a finite number >= 0, got {value!r}"
+BAD_VALUE = "{symbol} of {name!r} must be a finite number {bounds}, got {value!r}"
+NOT_TARGETABLE = "method {method!r} cannot take a fairness target; targets apply to: {targetable}"
+BAD_CONSTRAINT = "unknown fairness constraint {constraint!r}; use eo or dp"
 BAD_FRACTION = "rank fraction of {spec!r} must be a number in (0, 1], got {value!r}"
 
 
@@ -40,6 +47,18 @@ class MethodValue:
     symbol: str
     meaning: str
     default: float
+    #: Largest value allowed (None: unbounded). Values are finite and >= 0; > 0 where ``positive``.
+    maximum: float | None = None
+    positive: bool = False
+
+    def allows(self, value: float) -> bool:
+        return (math.isfinite(value) and (value > 0 if self.positive else value >= 0)
+                and (self.maximum is None or value < self.maximum))
+
+    @property
+    def bounds(self) -> str:
+        low = "> 0" if self.positive else ">= 0"
+        return low if self.maximum is None else f"{low} and < {self.maximum:g}"
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,11 @@ class MethodInfo:
     value: MethodValue | None = None
     uses_importance: bool = False
     estimator_args: tuple[str, ...] = ()
+    #: For a fairness target: the method it constrains, the gap (``"eo"``/``"dp"``) and whether it
+    #: adds per-group thresholds (so needs the sensitive attribute at prediction time).
+    base: str | None = None
+    constraint: Literal["eo", "dp"] | None = None
+    thresholds: bool = False
 
     def load(self) -> Any:
         """The implementation's factory ``(spec, grid) -> method``."""
@@ -128,8 +152,39 @@ def _entries() -> tuple[MethodInfo, ...]:
     )
 
 
+#: Methods that a fairness target can constrain (they train with cross-entropy by Adam).
+TARGETABLE: tuple[str, ...] = ("tl", "svd", "win", "win-hidden", "svd-hidden")
+_GAPS = {"eo": "ΔEO", "dp": "ΔDP"}
+#: Colours of the fairness targets (matplotlib's tab20c, distinct from the methods' own).
+_TARGET_COLOURS = (
+    "#3182bd", "#6baed6", "#9ecae1", "#c6dbef", "#e6550d", "#fd8d3c", "#fdae6b", "#fdd0a2", "#31a354", "#74c476",
+    "#a1d99b", "#c7e9c0", "#756bb1", "#9e9ac8", "#bcbddc", "#dadaeb", "#636363", "#969696", "#bdbdbd", "#d9d9d9",
+)
+
+
+def _targets(bases: dict[str, MethodInfo]) -> tuple[MethodInfo, ...]:
+    """``{base}-{eo,dp}[-thr]``: each targetable method fine-tuned to a gap ≤ ε."""
+    entries, colours = [], iter(_TARGET_COLOURS)
+    for name in TARGETABLE:
+        base = bases[name]
+        for constraint, gap in _GAPS.items():
+            value = MethodValue("ε", f"tolerance of {gap}", 0.05, maximum=2.0, positive=True)
+            for thresholds in (False, True):
+                suffix = "-thr" if thresholds else ""
+                how = ("then per-group decision thresholds (needs the sensitive attribute at prediction time)"
+                       if thresholds else "settings chosen among those that meet ε on validation")
+                entries.append(MethodInfo(
+                    f"{name}-{constraint}{suffix}", f"{base.label} ({gap}≤ε{', thresholds' if thresholds else ''})",
+                    f"{base.label} fine-tuned subject to {gap} ≤ ε (Lagrange multipliers), {how}",
+                    "target", base.inputs, base.implementation, next(colours), value,
+                    base.uses_importance, base.estimator_args, base=name, constraint=constraint, thresholds=thresholds,
+                ))
+    return tuple(entries)
+
+
+_BASES = {info.name: info for info in _entries()}
 #: Every method by name, in the order of the help text and the reports.
-CATALOGUE: dict[str, MethodInfo] = {info.name: info for info in _entries()}
+CATALOGUE: dict[str, MethodInfo] = {**_BASES, **{info.name: info for info in _targets(_BASES)}}
 #: The row of the model before fine-tuning, which every run reports.
 PRETRAINED = "pretrained"
 #: The methods a user chooses (all but the pre-trained reference).
@@ -175,8 +230,8 @@ class MethodSpec:
                 takers = ", ".join(f"{n}:{i.value.symbol}" for n, i in CATALOGUE.items() if i.value is not None)
                 raise ConfigError(NO_VALUE.format(name=name, takers=takers, spec=text))
             value = _number(value_text)
-            if value is None or not math.isfinite(value) or value < 0:
-                raise ConfigError(BAD_VALUE.format(symbol=info.value.symbol, name=name, value=value_text))
+            if value is None or not info.value.allows(value):
+                raise ConfigError(BAD_VALUE.format(symbol=info.value.symbol, name=name, bounds=info.value.bounds, value=value_text))
         fraction = None
         if has_fraction:
             fraction = _number(fraction_text)
@@ -200,7 +255,11 @@ class MethodSpec:
     def label(self) -> str:
         """Display name: ``"Retrain+EO λ=0.1"``, ``"WIN + anchor μ=2"``, ``"WIN (hidden) f=0.25"``."""
         info = self.info
-        label = info.label if self.value is None else f"{info.label} {info.value.symbol}={self.value:g}"
+        if info.constraint is not None:  # "WIN (ΔEO≤0.05)", "WIN (ΔEO≤0.05, thresholds)"
+            value = info.value.default if self.value is None else self.value
+            label = info.label.replace("≤ε", f"≤{value:g}")
+        else:
+            label = info.label if self.value is None else f"{info.label} {info.value.symbol}={self.value:g}"
         return label if self.fraction is None else f"{label} f={self.fraction:.3g}"
 
     @property
@@ -214,11 +273,10 @@ class MethodSpec:
 def parse_methods(texts: tuple[str, ...] | list[str]) -> tuple[MethodSpec, ...]:
     """Parse each spec; a repeated method is an error (it would be reported over twice the seeds)."""
     specs = tuple(MethodSpec.parse(text) for text in texts)
-    seen: set[str] = set()
-    for spec in specs:
-        if str(spec) in seen:
-            raise ConfigError(f"method {str(spec)!r} is listed twice; list each method once")
-        seen.add(str(spec))
+    names = [str(spec) for spec in specs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(REPEATED_METHODS.format(names=", ".join(repeated)))
     return specs
 
 
@@ -231,10 +289,26 @@ def method_label(text: str) -> str:
 
 
 def help_text() -> str:
-    """One line per method for ``--help``: ``name (Label): description``."""
+    """For ``--help``: ``name[:value]: description`` per method; the fairness targets summarised once."""
     parts = []
     for name in METHOD_NAMES:
         info = CATALOGUE[name]
+        if info.family == "target":
+            continue
         value = f":{info.value.symbol} ({info.value.meaning}, default {info.value.default:g})" if info.value else ""
         parts.append(f"{name}{value}: {info.description}")
+    parts.append(f"fairness targets METHOD-eo:ε / METHOD-dp:ε for METHOD in {', '.join(TARGETABLE)}: fine-tune subject to "
+                 "ΔEO / ΔDP ≤ ε (default 0.05), settings chosen among those meeting ε on validation; "
+                 "METHOD-eo-thr:ε / METHOD-dp-thr:ε add per-group decision thresholds (need the sensitive attribute "
+                 "at prediction time)")
     return "; ".join(parts)
+
+
+def targeted(method: str, constraint: str, tolerance: float, thresholds: bool = False) -> str:
+    """The spec of ``method`` under a fairness target: ``targeted("win", "eo", 0.05)`` -> ``"win-eo:0.05"``."""
+    spec = MethodSpec.parse(method)
+    if spec.name not in TARGETABLE or spec.value is not None:
+        raise ConfigError(NOT_TARGETABLE.format(method=method, targetable=", ".join(TARGETABLE)))
+    if constraint not in _GAPS:
+        raise ConfigError(BAD_CONSTRAINT.format(constraint=constraint))
+    return str(MethodSpec.parse(f"{spec.name}-{constraint}{'-thr' if thresholds else ''}:{tolerance}"))

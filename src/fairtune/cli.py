@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from . import __version__
+from ._io import configure_logging, release_notices
 from .errors import ConfigError, FairtuneError
 
 app = typer.Typer(
@@ -36,13 +37,17 @@ def user_errors(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            outcome = command(*args, **kwargs)
         except FairtuneError as exc:
+            release_notices(show=False)
             typer.echo(f"fairtune: error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
+            release_notices(show=False)
             typer.echo("fairtune: interrupted", err=True)
             raise typer.Exit(130) from None
+        release_notices(show=True)
+        return outcome
 
     return wrapper  # type: ignore[return-value]
 
@@ -92,7 +97,7 @@ def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what is being done (to stderr).")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose)  # warnings are held until the command ends: a failure prints one line
 
 
 def _methods_help() -> str:
@@ -137,6 +142,8 @@ def run(
     cache_dir: Annotated[Path | None, typer.Option(help="Cache of pre-trained models (default $FAIRTUNE_CACHE or ~/.cache/fairtune).")] = None,
     device: Annotated[str | None, typer.Option(help="Torch device of the model and features: cpu (default), cuda, cuda:1, ...")] = None,
     processes: Annotated[int, typer.Option(min=1, help="Run the (method, seed) units in this many local processes (same results).")] = 1,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --out (by default such a folder is refused).")] = False,
+    min_group_size: Annotated[int | None, typer.Option(help="Merge sensitive groups with fewer rows than this into one group 'other' (needed when a group is too small to split).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Compare fine-tuning methods on one data set over seeds; print mean ± std and write CSV/JSON files."""
@@ -148,7 +155,7 @@ def run(
             "dataset": dataset, "csv": _path(csv), "target": target, "sensitive": sensitive,
             "positive": positive, "keep_sensitive": keep_sensitive, "drop_missing": drop_missing,
             "split": _split(split), "split_seed": split_seed, "data_dir": _path(data_dir), "weights": _path(weights),
-            "arch": arch, "image_size": image_size, "workers": workers,
+            "arch": arch, "image_size": image_size, "workers": workers, "min_group_size": min_group_size,
         },
         "pretrain": {"hidden": _ints(hidden, "hidden"), "epochs": pretrain_epochs},
         "finetune": {
@@ -159,8 +166,8 @@ def run(
         "methods": _words(methods), "seeds": tuple(range(seeds)), "target_layer": layer,
         "cache_dir": _path(cache_dir), "device": device,
     })
-    result = run_experiment(config, out=out, keep_predictions=save_predictions, executor=choose_executor(processes=processes),
-                            progress=not quiet and sys.stderr.isatty())
+    result = run_experiment(config, out=out, overwrite=overwrite, keep_predictions=save_predictions,
+                            executor=choose_executor(processes=processes), progress=not quiet and sys.stderr.isatty())
     typer.echo(summary_table(summarize(result.results)).to_string(index=False))
     typer.echo(f"\nwrote {out}/results.csv, summary.csv, summary.md, selections.json, config.json"
                + (", predictions.csv" if result.predictions is not None else ""))
@@ -172,6 +179,7 @@ def sweep(
     config: Annotated[Path, typer.Argument(help="Sweep grid, YAML or TOML: datasets, methods, settings, seeds, pretrain, out (see fairtune.experiments.sweep).")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default: the config's 'out', else runs/sweep). Finished units are kept in OUT/units/ and skipped on restart.")] = None,
     processes: Annotated[int, typer.Option(min=1, help="Local processes running the units (ignored with --scheduler).")] = 1,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier sweep of another config in --out (the same config resumes without it).")] = False,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address tcp://HOST:PORT (default $DASK_SCHEDULER_ADDRESS); runs the units on that cluster.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -183,7 +191,8 @@ def sweep(
 
     grid = load_sweep_config(config)
     out_dir = out or Path(grid.out or "runs/sweep")
-    results = run_sweep(grid, out_dir, executor=choose_executor(processes=processes, scheduler=scheduler), progress=not quiet)
+    results = run_sweep(grid, out_dir, executor=choose_executor(processes=processes, scheduler=scheduler), progress=not quiet,
+                        overwrite=overwrite)
     typer.echo(f"{len(results)} units ({results.attrs['reused']} reused from {out_dir}/units); wrote {out_dir}/results.csv")
 
 

@@ -103,7 +103,12 @@ class DataConfig(_Settings):
     keep_sensitive: bool = Field(False, description="keep the sensitive column among the features")
     drop_missing: bool = Field(False, description="drop rows with missing values instead of failing")
     split: SplitConfig | None = Field(None, description="split sizes; None = the data set's default")
-    split_seed: int | None = Field(None, description="fixed seed for split and pre-training; None = use each run seed")
+    split_seed: int | None = Field(None, ge=0, description="fixed seed for split and pre-training; None = use each run seed")
+    stratify: bool | None = Field(
+        None, description="split by (group, label) so every group has both labels in every split; "
+        "None = the data set's default (stratified for csv and image-folder, random for the bundled data sets)",
+    )
+    min_group_size: int | None = Field(None, ge=1, description="merge sensitive groups with fewer rows into one group 'other'")
     data_dir: str | None = Field(None, description="folder of an image data set (celeba, lfw)")
     weights: str | None = Field(None, description="weights file of the vision model; None = pre-train it on the source split")
     arch: str | None = Field(None, description="vision model: small_cnn or a torchvision classifier (resnet18, ...); None = the data set's default")

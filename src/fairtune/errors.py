@@ -46,3 +46,46 @@ NOT_BINARY_HEAD = "layer {name!r} has {outputs} outputs; fairtune fine-tunes bin
 MISSING_LABELS_OR_GROUPS = "fit needs labels y and sensitive_features (or a DataLoader of (x, y, s) batches)"
 ROOT_NOT_REPLACEABLE = "the model is itself the nn.Linear to replace; wrap it (nn.Sequential(model)) to replace it in place"
 LENGTH_MISMATCH = "X, y and sensitive_features have different lengths: {x}, {y}, {s}"
+
+# --- input checks (issue 13, reliability) ---
+INFINITE_FEATURES = "features contain {count} infinite value(s) (columns: {columns}); they are treated as missing"
+DUPLICATE_COLUMNS = "{source} has duplicate column name(s) {names}; rename them so each column has one name"
+NO_ROWS = "{source} has no data rows (only a header)"
+EMPTY_COLUMN = "column {column!r} has no value in any row, so --drop-missing would drop every row"
+NOT_A_FILE = "{path} is a folder, not a file"
+TOO_MANY_GROUPS = (
+    "sensitive attribute {name!r} has {count} distinct values, more than the {limit} groups fairtune accepts; "
+    "is it continuous? bin it into groups first (e.g. pandas.cut)"
+)
+SMALL_GROUP = (
+    "group {group!r} of {column!r} has {rows} rows ({positives} positive, {negatives} negative): too few to put "
+    "both labels in each of the {parts} splits (at least {parts} of each label); {remedy}"
+)
+GROUP_WITHOUT_LABEL = (
+    "group {group!r} of {column!r} has no {label} sample in its {rows} rows, so its {rate} is undefined (and ΔEO with it); {remedy}"
+)
+MERGE_REMEDY = "pass --min-group-size {size} to merge the groups with fewer rows into {other!r}"
+NO_MERGE_REMEDY = "no --min-group-size gives every group both labels in every split: the data set needs more rows of both labels"
+TOO_MANY_STRATA = (
+    "the {where} split has {size} rows, fewer than the {strata} (group, label) combinations it must hold; "
+    "use a larger --split or --min-group-size"
+)
+MERGED_GROUPS = "merged {count} group(s) of {column!r} with fewer than {minimum} rows ({names}) into {other!r} ({rows} rows)"
+GROUPS_ABSENT = "the {where} split has no sample of group(s) {groups}"
+BAD_STRENGTH = "{what} must be a finite number >= 0, got {value!r}"
+REPEATED_METHODS = "method(s) {names} listed more than once; list each method once"
+NOT_A_STATE_DICT = (
+    "weights {path} are not a plain state dict: the file pickles code (e.g. a whole model object), which fairtune "
+    "does not load; convert it in a trusted session: torch.save(torch.load(path, weights_only=False).state_dict(), 'plain.pt')"
+)
+NON_BINARY_LABELS_API = (
+    "label {name!r} is not binary 0/1: found {count} distinct values ({values}); "
+    "map it to 0/1 first, e.g. y = (y == POSITIVE_VALUE)"
+)
+NOT_A_LABEL_VECTOR = "y must be a vector of class labels, got shape {shape}; for one-hot labels pass y.argmax(1)"
+NOT_A_TRIPLE = (
+    "each batch must be (x, y, s), got {count} item(s); the sensitive features are needed too, "
+    "e.g. TensorDataset(X, y, s)"
+)
+NO_SAMPLES = "X has no samples"
+NO_SEEDS = "seeds is empty; give at least one seed"

@@ -34,15 +34,35 @@ from .training import TrainingData, predict_proba, resolve_device
 Data = tuple[Any, Any, Any] | Iterable[tuple[Tensor, Tensor, Tensor]]
 
 
-def _as_inputs(x: Any) -> Tensor:
+def _as_inputs(x: Any, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``x`` as a tensor of ``dtype`` (the model's), refusing an empty or non-finite input."""
     if isinstance(x, Tensor):
         inputs = x
     else:
         array = np.asarray(x)
         inputs = torch.from_numpy(finite_features(array)) if array.ndim == 2 else torch.as_tensor(array, dtype=torch.float32)
+    if len(inputs) == 0:
+        raise DataError(errors.NO_SAMPLES)
     if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
         raise DataError("inputs contain NaN or infinite values")
-    return inputs
+    return inputs.to(dtype) if inputs.is_floating_point() else inputs
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of ``model``'s parameters (float32 for a model without any)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _float32_head(layer: nn.Linear) -> nn.Linear:
+    """The layer fairtune fine-tunes in float32: ``layer`` itself, or a float32 copy of a float64 one."""
+    return layer if layer.weight.dtype == torch.float32 else copy.deepcopy(layer).float()
+
+
+def _labels(y: Any) -> np.ndarray:
+    labels = np.asarray(y.cpu() if isinstance(y, Tensor) else y)
+    if labels.ndim > 1 and not (labels.ndim == 2 and labels.shape[1] == 1):
+        raise DataError(errors.NOT_A_LABEL_VECTOR.format(shape=tuple(labels.shape)))
+    return labels.ravel()
 
 
 def binary_head(model: nn.Module, name: str | None) -> tuple[str, nn.Linear]:
@@ -60,18 +80,21 @@ def layer_features(model: nn.Module, layer: nn.Linear, data: Data, group_names: 
     else:
         batches = data
     xs, ys, ss = [], [], []
-    for x, y, s in batches:
+    for batch in batches:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 3:
+            raise DataError(errors.NOT_A_TRIPLE.format(count=len(batch) if isinstance(batch, (tuple, list)) else 1))
+        x, y, s = batch
         if y is None or s is None:
             raise DataError(errors.MISSING_LABELS_OR_GROUPS)
-        inputs = _as_inputs(x)
-        ys.append(np.asarray(y.cpu() if isinstance(y, Tensor) else y).ravel())
+        inputs = _as_inputs(x, model_dtype(model))
+        ys.append(_labels(y))
         ss.append(np.asarray(s.cpu() if isinstance(s, Tensor) else s).ravel())
         if not len(inputs) == len(ys[-1]) == len(ss[-1]):
             raise DataError(errors.LENGTH_MISMATCH.format(x=len(inputs), y=len(ys[-1]), s=len(ss[-1])))
         xs.append(extract_features(model, layer, inputs))
     if not xs:
         raise DataError("no data: the data loader yielded no batch")
-    y_all = binary_labels(np.concatenate(ys), name="y")
+    y_all = binary_labels(np.concatenate(ys), name="y", not_binary=errors.NON_BINARY_LABELS_API)
     s_raw = np.concatenate(ss)
     if group_names is None:
         s_codes, group_names = group_codes(s_raw, name="sensitive_features")
@@ -93,7 +116,6 @@ NOT_TORCH = "method {method!r} is not a torch fine-tuning method; compare() runs
 BAD_ARGUMENT = "invalid {argument}={value!r}: it must be {rule}"
 MEANINGLESS_ARGUMENT = "argument {argument}={value!r} means nothing for method {method!r}, which uses: {uses}"
 NOT_FITTED = "this FairFineTuner is not fitted yet; call fit() first"
-NO_SEEDS = "seeds is empty; give at least one seed"
 #: The arguments FairFineTuner passes to a method only where its catalogue entry uses them.
 METHOD_ARGUMENTS = ("rank", "operator", "fisher")
 
@@ -205,11 +227,13 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
         name, layer = binary_head(model, self.layer)
         train, groups = layer_features(model, layer, X if y is None else (X, y, sensitive_features))
         train = train.to(device)
+        layer = _float32_head(layer)  # the model runs in its dtype; its head is fine-tuned in float32
         method = build_method(spec, grid)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             fitted = method.fit(layer, train, method.prepare(layer, train, grid), method.estimator_params(layer, grid),
                                 epochs=self.epochs, batch_size=self.batch_size, seed=self.seed)
+        fitted.module.to(model_dtype(model))
         if name:
             replace_module_(model, name, fitted.module)
         else:  # the model is the target layer itself
@@ -231,7 +255,8 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(n, 2)`` float64: columns P(Y=0 | x), P(Y=1 | x) (scikit-learn's layout)."""
         self._check_fitted()
-        positive = predict_proba(self.model_, _as_inputs(X).to(self.device_)).astype(np.float64)
+        inputs = _as_inputs(X, model_dtype(self.model_)).to(self.device_)
+        positive = predict_proba(self.model_, inputs).astype(np.float64)
         return np.column_stack([1.0 - positive, positive])
 
     def predict(self, X: Any) -> np.ndarray:
@@ -256,12 +281,12 @@ def compare(
     (method ``pretrained`` is the model as given). Backbone features are computed once.
     """
     if not len(seeds):
-        raise ConfigError(NO_SEEDS)
+        raise ConfigError(errors.NO_SEEDS)
     parse_methods(tuple(methods))
     grid = grid or FinetuneGrid()
     model = copy.deepcopy(model).eval()  # the caller's model keeps its train/eval mode
     name, target = binary_head(model, layer)
     train_f, groups = layer_features(model, target, train)
     features = {"train": train_f, "val": layer_features(model, target, val, groups)[0], "test": layer_features(model, target, test, groups)[0]}
-    rows = [result.row for seed in seeds for result in compare_on_features(target, features, methods, grid, seed=seed)]
+    rows = [result.row for seed in seeds for result in compare_on_features(_float32_head(target), features, methods, grid, seed=seed)]
     return pd.DataFrame(rows)

@@ -6,7 +6,9 @@
 - Err = 100 − weighted-average F1, in percent
 
 For more than two groups each gap is the largest over all pairs of groups; for ΔEO that is
-max over pairs (g, h) of |TPR_g − TPR_h| + |FPR_g − FPR_h|.
+max over pairs (g, h) of |TPR_g − TPR_h| + |FPR_g − FPR_h|. As in fairlearn's ``MetricFrame``,
+the groups are those present: a rate is taken over the groups that have a sample to compute it
+on (ΔEO over the groups that have both TPR and FPR), and is undefined when fewer than two do.
 """
 
 from __future__ import annotations
@@ -27,16 +29,14 @@ def _as_arrays(*arrays: np.ndarray) -> list[np.ndarray]:
 
 
 def _group_rates(y_pred: np.ndarray, s: np.ndarray, mask: np.ndarray, rate: str) -> dict[object, float]:
-    """P(Ŷ=1 | S=g, mask) for each group g; ``rate`` names it in errors."""
+    """P(Ŷ=1 | S=g, mask) for each group g that has a sample in ``mask``; ``rate`` names it in errors."""
     groups = np.unique(s).tolist()  # Python scalars: messages show 1, not np.int64(1)
     if len(groups) < 2:
         raise UndefinedMetricError(f"{rate} needs at least 2 sensitive groups, got {len(groups)}")
-    rates = {}
-    for group in groups:
-        members = (s == group) & mask
-        if not members.any():
-            raise UndefinedMetricError(f"{rate} is undefined: group {group!r} has no sample to compute it on")
-        rates[group] = float(np.mean(y_pred[members] == 1))
+    rates = {group: float(np.mean(y_pred[(s == group) & mask] == 1)) for group in groups if ((s == group) & mask).any()}
+    if len(rates) < 2:
+        without = next(group for group in groups if group not in rates)
+        raise UndefinedMetricError(f"{rate} is undefined: group {without!r} has no sample to compute it on")
     return rates
 
 
@@ -72,7 +72,10 @@ def delta_eo(y_true: np.ndarray, y_pred: np.ndarray, s: np.ndarray) -> float:
     """ΔEO = max over group pairs of |ΔTPR| + |ΔFPR| (the paper's sum)."""
     tpr = true_positive_rates(y_true, y_pred, s)
     fpr = false_positive_rates(y_true, y_pred, s)
-    return float(max(abs(tpr[g] - tpr[h]) + abs(fpr[g] - fpr[h]) for g, h in combinations(tpr, 2)))
+    both = [g for g in tpr if g in fpr]
+    if len(both) < 2:
+        raise UndefinedMetricError("ΔEO is undefined: fewer than 2 groups have both positive and negative samples")
+    return float(max(abs(tpr[g] - tpr[h]) + abs(fpr[g] - fpr[h]) for g, h in combinations(both, 2)))
 
 
 def err(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from ..config import DataConfig
-from ..errors import ConfigError
+from .. import errors
+from ..errors import ConfigError, DataError, FairtuneError
 from ._types import Split, Task
 from .adult import adult_task, load_adult_frame
 from .tabular import csv_task, read_csv, split_indices, tabular_task
@@ -16,14 +20,15 @@ from .lfw import lfw_task
 
 
 def _adult(config: DataConfig, seed: int) -> Task:
-    return adult_task(seed=seed, split=config.split, keep_sensitive=config.keep_sensitive, source_balance=config.source_balance)
+    return adult_task(seed=seed, split=config.split, keep_sensitive=config.keep_sensitive, source_balance=config.source_balance,
+                      stratify=bool(config.stratify), min_group_size=config.min_group_size)
 
 
 def _csv(config: DataConfig, seed: int) -> Task:
     return csv_task(
         config.csv, target=config.target, sensitive=config.sensitive, positive=config.positive,
         split=config.split, seed=seed, keep_sensitive=config.keep_sensitive, drop_missing=config.drop_missing,
-        source_balance=config.source_balance,
+        source_balance=config.source_balance, stratify=config.stratify is not False, min_group_size=config.min_group_size,
     )
 
 
@@ -48,7 +53,8 @@ def _image_folder(config: DataConfig, seed: int) -> Task:
     if config.csv is None:
         raise ConfigError("dataset 'image-folder' needs --csv FILE with columns path,label,sensitive")
     columns = {k: v for k, v in (("target", config.target), ("sensitive", config.sensitive)) if v}
-    return image_folder_task(config.csv, **columns, positive=config.positive, split=config.split, seed=seed, **_image_size(config))
+    return image_folder_task(config.csv, **columns, positive=config.positive, split=config.split, seed=seed,
+                             stratify=config.stratify is not False, min_group_size=config.min_group_size, **_image_size(config))
 
 
 def _digits(config: DataConfig, seed: int) -> Task:
@@ -74,4 +80,40 @@ def load_task(config: DataConfig, *, seed: int) -> Task:
     return loader(config, seed)
 
 
-__all__ = ["Split", "Task", "LOADERS", "load_task", "adult_task", "load_adult_frame", "csv_task", "read_csv", "tabular_task", "split_indices", "celeba_task", "lfw_task", "image_folder_task", "digits_task", "ImageFiles"]
+def check_source(config: DataConfig) -> None:
+    """Checks that need no loading, to run before any work or output: a known data set, an existing file."""
+    if config.dataset not in LOADERS:
+        raise ConfigError(f"unknown dataset {config.dataset!r}; available: {', '.join(LOADERS)}")
+    if config.csv is not None and config.dataset in ("csv", "image-folder"):
+        path = Path(config.csv)
+        if path.is_dir():
+            raise DataError(errors.NOT_A_FILE.format(path=path))
+        if not path.is_file():
+            raise DataError(errors.MISSING_FILE.format(path=path))
+
+
+@contextlib.contextmanager
+def dataset_errors(name: str) -> Iterator[None]:
+    """Prefix the message of a FairtuneError raised in the block with the data set's name."""
+    try:
+        yield
+    except FairtuneError as exc:
+        raise type(exc)(f"data set {name!r}: {exc}") from None
+
+
+class NamedDatasetErrors:
+    """``function(config)`` whose FairtuneErrors name the data set of ``config.data`` (picklable, for sweep workers).
+
+    ``names`` maps ``DataConfig.model_dump_json()`` to the name the sweep config gives it.
+    """
+
+    def __init__(self, function: Callable[[Any], Any], names: dict[str, str]) -> None:
+        self.function = function
+        self.names = names
+
+    def __call__(self, config: Any) -> Any:
+        with dataset_errors(self.names.get(config.data.model_dump_json(), config.data.dataset)):
+            return self.function(config)
+
+
+__all__ = ["check_source", "dataset_errors", "NamedDatasetErrors", "Split", "Task", "LOADERS", "load_task", "adult_task", "load_adult_frame", "csv_task", "read_csv", "tabular_task", "split_indices", "celeba_task", "lfw_task", "image_folder_task", "digits_task", "ImageFiles"]

@@ -23,11 +23,11 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from .. import errors
-from .._validation import binary_labels, check_groups_present, group_codes
+from .._validation import binary_labels, check_groups_present
 from ..config import SplitConfig
 from ..errors import DataError
 from ._types import Split, Task
-from .tabular import read_csv, split_indices
+from .tabular import group_split, read_csv
 
 #: ImageNet statistics, which torchvision's pre-trained backbones expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -167,7 +167,7 @@ def image_task(
     """A :class:`Task` whose splits hold the images of ``parts`` (row indices into ``files``, ``y``, ``s``)."""
 
     def make(rows: np.ndarray, where: str) -> Split:
-        check_groups_present(s[rows], len(group_names), where=where)
+        check_groups_present(s[rows], len(group_names), where=where, names=group_names)
         return Split(files.subset(rows), y[rows], s[rows])
 
     return Task(
@@ -190,10 +190,13 @@ def image_folder_task(
     split: SplitConfig | None = None,
     seed: int = 0,
     image_size: int = DEFAULT_IMAGE_SIZE,
+    stratify: bool = True,
+    min_group_size: int | None = None,
 ) -> Task:
     """Your images, listed in ``csv`` (columns ``path, label, sensitive``), as a :class:`Task`.
 
-    Split as the tabular loader does (default: Adult's proportions; the rest pre-trains).
+    Split as the tabular loader does (default: Adult's proportions; the rest pre-trains),
+    stratified by (group, label) unless ``stratify=False``; ``min_group_size`` merges smaller groups.
     """
     csv_path = Path(csv)
     frame = read_csv(csv_path)
@@ -204,11 +207,15 @@ def image_folder_task(
     root = csv_path.parent
     check_files_exist(root, paths, source=str(csv_path))
     y = binary_labels(frame[target], name=target, positive=positive)
-    s, group_names = group_codes(frame[sensitive], name=sensitive)
     split = split or SplitConfig()
+    s, group_names, parts = group_split(
+        y, frame[sensitive], split, seed, stratify=stratify, min_group_size=min_group_size,
+        column=sensitive, label=f"{target}={positive if positive is not None else 1}",
+    )
     files = ImageFiles(root, paths, image_transform(image_size))
+    split_id = (stratify, min_group_size) if stratify or min_group_size is not None else ()
     return image_task(
-        "image-folder", files, y, s, split_indices(len(frame), split, seed),
+        "image-folder", files, y, s, parts,
         group_names=group_names, label_name=target, sensitive_name=sensitive,
-        fingerprint=task_fingerprint("image-folder", str(csv_path.resolve()), file_hash(csv_path), split.model_dump(), seed, positive, image_size),
+        fingerprint=task_fingerprint("image-folder", str(csv_path.resolve()), file_hash(csv_path), split.model_dump(), seed, positive, image_size, *split_id),
     )

@@ -18,7 +18,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from .. import errors
-from .._validation import binary_labels, check_groups_present, finite_features, group_codes
+from .._validation import OTHER_GROUP, binary_labels, check_groups_present, finite_features, group_codes, merge_small_groups
 from ..config import SplitConfig
 from ..errors import DataError
 from ._types import Split, Task
@@ -27,25 +27,134 @@ logger = logging.getLogger(__name__)
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
-    """Read a user's CSV, with a one-line error for a missing or unreadable file."""
+    """Read a user's CSV, with a one-line error for a missing, unreadable, header-only or ambiguous file.
+
+    Duplicate column names are refused: pandas would rename the second ``label`` to ``label.1``
+    and it would silently become a feature.
+    """
     csv_path = Path(path)
+    if csv_path.is_dir():
+        raise DataError(errors.NOT_A_FILE.format(path=csv_path))
     if not csv_path.is_file():
         raise DataError(errors.MISSING_FILE.format(path=csv_path))
     try:
-        return pd.read_csv(csv_path, skipinitialspace=True, na_values=["?", ""])
+        header = pd.read_csv(csv_path, header=None, nrows=1, dtype=str, keep_default_na=False, skipinitialspace=True)
+        frame = pd.read_csv(csv_path, skipinitialspace=True, na_values=["?", ""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot parse CSV {csv_path}: {str(exc).splitlines()[0]}") from exc
+    check_unique_columns([str(name).strip() for name in header.iloc[0]], source=str(csv_path))
+    return frame
 
 
-def split_indices(n_rows: int, split: SplitConfig, seed: int) -> dict[str, np.ndarray]:
-    """Seeded random partition of ``range(n_rows)`` into disjoint source/train/val/test index sets."""
+def check_unique_columns(columns: list[str], *, source: str) -> None:
+    """Refuse a table in which two columns have the same name."""
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise DataError(errors.DUPLICATE_COLUMNS.format(source=source, names=", ".join(map(repr, repeated))))
+
+
+def split_indices(
+    n_rows: int, split: SplitConfig, seed: int, *, strata: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Seeded random partition of ``range(n_rows)`` into disjoint source/train/val/test index sets.
+
+    With ``strata`` (one int per row, e.g. 2·group + label) the partition is stratified: every
+    stratum puts one row in each split, then its other rows are spread over the splits in
+    proportion to their sizes, and the split sizes stay exactly those of ``split``. The caller
+    checks beforehand that each stratum has a row per split (:func:`check_strata`).
+    """
     try:
         counts = split.counts(n_rows)
     except ValueError as exc:
         raise DataError(str(exc)) from exc
     order = np.random.default_rng(seed).permutation(n_rows)
-    bounds = np.cumsum(counts)[:-1]
-    return dict(zip(("source", "train", "val", "test"), np.split(order, bounds)))
+    if strata is None:
+        bounds = np.cumsum(counts)[:-1]
+        return dict(zip(("source", "train", "val", "test"), np.split(order, bounds)))
+    return dict(zip(("source", "train", "val", "test"), _stratified_parts(order, strata, counts)))
+
+
+def _stratified_parts(order: np.ndarray, strata: np.ndarray, counts: tuple[int, ...]) -> list[np.ndarray]:
+    """Split the rows of the random ``order`` into ``len(counts)`` parts of exactly ``counts`` rows, stratified."""
+    n_parts = len(counts)
+    ranked = order[np.argsort(strata[order], kind="stable")]  # grouped by stratum, random within each
+    first = np.r_[True, strata[ranked][1:] != strata[ranked][:-1]]
+    rank_in_stratum = np.arange(len(ranked)) - np.maximum.accumulate(np.where(first, np.arange(len(ranked)), 0))
+    reserved = rank_in_stratum < n_parts
+    part = np.empty(len(ranked), np.int64)
+    part[reserved] = rank_in_stratum[reserved]  # one row of each stratum per part
+    quotas = np.asarray(counts) - int(first.sum())
+    # the rest, still grouped by stratum, receives an evenly interleaved sequence of part labels:
+    # every stratum then gets about its share of each part, and each part exactly its quota
+    keys = np.concatenate([(np.arange(q) + 0.5) / q for q in quotas])
+    labels = np.repeat(np.arange(n_parts), quotas)
+    part[~reserved] = labels[np.argsort(keys, kind="stable")]
+    position = np.empty(len(order), np.int64)
+    position[order] = np.arange(len(order))
+    chosen = [ranked[part == p] for p in range(n_parts)]
+    return [rows[np.argsort(position[rows])] for rows in chosen]  # each part in the random order
+
+
+def smallest_sufficient_merge(table: np.ndarray, n_parts: int) -> int | None:
+    """The smallest ``--min-group-size`` after which every (group, label) of ``table`` (groups x 2 counts),
+    the merged group included, has ``n_parts`` rows and at least two groups remain; None if there is none."""
+    totals = table.sum(axis=1)
+    for threshold in sorted(set(totals.tolist())):
+        small = totals <= threshold
+        kept, merged = table[~small], table[small].sum(axis=0)
+        if (kept >= n_parts).all() and (merged >= n_parts).all() and len(kept) + 1 >= 2:
+            return int(threshold) + 1
+    return None
+
+
+def check_strata(
+    y: np.ndarray, s: np.ndarray, group_names: tuple[str, ...], counts: tuple[int, ...], *, column: str, label: str,
+) -> None:
+    """Each (group, label) needs a row in each split, and each split a row per (group, label).
+
+    Otherwise a one-line DataError names the smallest offending group with its row counts and
+    the ``--min-group-size`` that merges it.
+    """
+    n_parts = len(counts)
+    table = np.zeros((len(group_names), 2), np.int64)
+    np.add.at(table, (s, y), 1)
+    short = np.flatnonzero((table < n_parts).any(axis=1))
+    if len(short):
+        suggest = smallest_sufficient_merge(table, n_parts)
+        code = short[np.argmin(table[short].sum(axis=1))]
+        negatives, positives = (int(v) for v in table[code])
+        remedy = errors.NO_MERGE_REMEDY if suggest is None else errors.MERGE_REMEDY.format(size=suggest, other=OTHER_GROUP)
+        common = {"group": group_names[code], "column": column, "rows": positives + negatives, "remedy": remedy}
+        if positives == 0 or negatives == 0:
+            which = f"positive ({label})" if positives == 0 else f"negative (not {label})"
+            rate = "true positive rate" if positives == 0 else "false positive rate"
+            raise DataError(errors.GROUP_WITHOUT_LABEL.format(label=which, rate=rate, **common))
+        raise DataError(errors.SMALL_GROUP.format(positives=positives, negatives=negatives, parts=n_parts, **common))
+    for where, size in zip(("source", "train", "val", "test"), counts):
+        if size < table.size:
+            raise DataError(errors.TOO_MANY_STRATA.format(where=where, size=size, strata=table.size))
+
+
+def group_split(
+    y: np.ndarray, groups: pd.Series, split: SplitConfig, seed: int, *,
+    stratify: bool, min_group_size: int | None, column: str, label: str,
+) -> tuple[np.ndarray, tuple[str, ...], dict[str, np.ndarray]]:
+    """Group codes, group names and the split of the rows, merging small groups first if asked.
+
+    ``label`` names the positive label in messages (``income=>50K``).
+    """
+    if min_group_size is not None:
+        groups, notice = merge_small_groups(groups, min_group_size, column=column)
+        if notice:
+            logger.warning(notice)
+    s, group_names = group_codes(groups, name=column)
+    if stratify:
+        try:
+            counts = split.counts(len(y))
+        except ValueError as exc:
+            raise DataError(str(exc)) from exc
+        check_strata(y, s, group_names, counts, column=column, label=label)
+    return s, group_names, split_indices(len(y), split, seed, strata=2 * s + y if stratify else None)
 
 
 def balance_source(rows: np.ndarray, y: np.ndarray, s: np.ndarray, how: str, seed: int) -> np.ndarray:
@@ -108,6 +217,8 @@ def tabular_task(
     keep_sensitive: bool = False,
     drop_missing: bool = False,
     source_balance: str = "none",
+    stratify: bool = True,
+    min_group_size: int | None = None,
     name: str = "csv",
     source: str = "the data",
 ) -> Task:
@@ -121,17 +232,23 @@ def tabular_task(
     split : new-task sizes (the rest pre-trains the model); default: Adult's proportions.
     seed : seed of the random split.
     keep_sensitive : keep the sensitive column among the model's features.
-    drop_missing : drop rows with missing values instead of failing.
+    drop_missing : drop rows with missing values instead of failing (infinite numbers count as missing).
     source_balance : subsample the pre-training split, see :func:`balance_source`.
+    stratify : split by (group, label), so that every group appears with both labels in every split.
+    min_group_size : merge the groups with fewer rows into one group ``"other"`` (logged as a warning).
     """
+    check_unique_columns([str(c) for c in frame.columns], source=source)
     for column in (target, sensitive):
         if column not in frame.columns:
             raise DataError(errors.MISSING_COLUMN.format(column=column, source=source, available=", ".join(map(str, frame.columns[:20]))))
     if target == sensitive:
         raise DataError("target and sensitive must be different columns")
+    if frame.empty:
+        raise DataError(errors.NO_ROWS.format(source=source))
     feature_columns = [c for c in frame.columns if c != target and (keep_sensitive or c != sensitive)]
     if not feature_columns:
         raise DataError(f"{source} has no feature columns besides {target!r} and {sensitive!r}")
+    frame = frame.replace([np.inf, -np.inf], np.nan)  # an infinite number is as unusable as a missing one
     missing = frame[feature_columns + [target, sensitive]].isna()
     if missing.to_numpy().any():
         if not drop_missing:
@@ -140,13 +257,18 @@ def tabular_task(
                 errors.NAN_FEATURES.format(count=int(missing.to_numpy().sum()), columns=", ".join(map(str, columns[:5])))
                 + "; pass --drop-missing to drop those rows"
             )
+        empty = missing.columns[missing.all()].tolist()
+        if empty:
+            raise DataError(errors.EMPTY_COLUMN.format(column=empty[0]))
         frame = frame.loc[~missing.any(axis=1)]
         logger.info("dropped %d rows with missing values", int(missing.any(axis=1).sum()))
     frame = frame.reset_index(drop=True)
     y = binary_labels(frame[target], name=target, positive=positive)
-    s, group_names = group_codes(frame[sensitive], name=sensitive)
     split = split or SplitConfig()
-    parts = split_indices(len(frame), split, seed)
+    s, group_names, parts = group_split(
+        y, frame[sensitive], split, seed, stratify=stratify, min_group_size=min_group_size,
+        column=sensitive, label=f"{target}={positive if positive is not None else 1}",
+    )
     parts["source"] = balance_source(parts["source"], y, s, source_balance, seed)
 
     features = frame[feature_columns]
@@ -154,18 +276,19 @@ def tabular_task(
     feature_names = tuple(map(str, preprocessor.get_feature_names_out()))
 
     def make(rows: np.ndarray, where: str) -> Split:
-        check_groups_present(s[rows], len(group_names), where=where)
+        check_groups_present(s[rows], len(group_names), where=where, names=group_names)
         x = finite_features(preprocessor.transform(features.iloc[rows]), columns=feature_names)
         return Split(torch.from_numpy(x), y[rows], s[rows])
 
     data_hash = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
+    split_id = (stratify, min_group_size) if stratify or min_group_size is not None else ()  # () keeps older cache keys valid
     return Task(
         name=name,
         **{where: make(rows, where) for where, rows in parts.items()},
         group_names=group_names,
         label_name=target,
         sensitive_name=sensitive,
-        fingerprint=_fingerprint(name, data_hash, split.model_dump(), seed, keep_sensitive, positive, target, sensitive, source_balance),
+        fingerprint=_fingerprint(name, data_hash, split.model_dump(), seed, keep_sensitive, positive, target, sensitive, source_balance, *split_id),
         feature_names=feature_names,
     )
 

@@ -37,7 +37,7 @@ from torch import nn
 from .._validation import check_groups_present
 from ..catalogue import PRETRAINED, MethodSpec
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
-from ..data import load_task
+from ..data import NamedDatasetErrors, load_task
 from ..data._types import Split, Task
 from ..errors import ConfigError
 from ..factorization import find_linear
@@ -111,10 +111,12 @@ class UnitResult:
     selection: dict[str, Any] | None = None
     predictions: pd.DataFrame | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    group_names: tuple[str, ...] = ()
 
     def record(self) -> dict[str, Any]:
         """JSON-ready form, for a :class:`ResultStore`."""
         return {"row": self.row, "columns": list(self.row), "selection": self.selection, "stage_seconds": self.stage_seconds,
+                "group_names": list(self.group_names),
                 "predictions": None if self.predictions is None else self.predictions.to_dict(orient="list"),
                 "prediction_columns": None if self.predictions is None else list(self.predictions.columns)}
 
@@ -125,7 +127,7 @@ class UnitResult:
         predictions = record.get("predictions")
         if predictions is not None:
             predictions = pd.DataFrame(predictions)[record["prediction_columns"]]
-        return cls(row, record.get("selection"), predictions, record.get("stage_seconds", {}))
+        return cls(row, record.get("selection"), predictions, record.get("stage_seconds", {}), tuple(record.get("group_names", ())))
 
 
 @dataclass
@@ -307,7 +309,9 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
         codes = test.s.cpu().numpy()
         predictions = pd.DataFrame({"method": spec, "seed": seed, "y_true": test.y.cpu().numpy(), "y_pred": best["y_pred"],
                                     "sensitive": codes})
-    return UnitResult(row, selection, predictions, stages)
+        if group_names:
+            predictions["group"] = [group_names[code] for code in codes]
+    return UnitResult(row, selection, predictions, stages, tuple(group_names or ()))
 
 
 def fit_unit(unit: Unit, env: Environment) -> UnitResult:
@@ -316,7 +320,7 @@ def fit_unit(unit: Unit, env: Environment) -> UnitResult:
     with intra_op_threads(1):
         prepared = prepare(unit, env, stages=preparation)
         result = fit_method(unit.method, unit.finetune, prepared.layer, prepared.features, seed=unit.seed,
-                            keep_predictions=env.keep_predictions,
+                            keep_predictions=env.keep_predictions, group_names=prepared.task.group_names,
                             model_inputs=lambda: (prepared.model, prepared.inputs(unit.method)))
     result.stage_seconds = {**preparation, **result.stage_seconds}
     return result
@@ -334,11 +338,13 @@ def execute(
     executor: SerialExecutor | None = None,
     store: ResultStore | None = None,
     on_unit: Callable[[Unit], None] | None = None,
+    dataset_names: dict[str, str] | None = None,
 ) -> list[UnitResult]:
     """Compute every unit not yet in ``store``; return all results in the order of ``units``.
 
     Each distinct seed is prepared once before its units (filling the on-disk caches, so that
-    parallel workers do not pre-train the same model twice). ``on_unit`` sees each unit as it finishes.
+    parallel workers do not pre-train the same model twice). ``on_unit`` sees each unit as it
+    finishes. ``dataset_names`` (``DataConfig`` JSON -> name) makes a unit's error name its data set.
     """
     for unit in units:  # every method spec is checked before any work starts
         MethodSpec.parse(unit.method)
@@ -349,10 +355,13 @@ def execute(
     if pending:
         seeds = list({_preparation_key(unit, env): unit for unit in pending}.values())
         with executor or SerialExecutor() as tasks:
+            prepare_task, fit_task = functools.partial(prepare_seed, env=env), functools.partial(fit_unit, env=env)
+            if dataset_names:
+                prepare_task, fit_task = NamedDatasetErrors(prepare_task, dataset_names), NamedDatasetErrors(fit_task, dataset_names)
             if tasks.parallel:
-                for _ in tasks.imap(functools.partial(prepare_seed, env=env), seeds):
+                for _ in tasks.imap(prepare_task, seeds):
                     pass
-            for index, result in tasks.imap(functools.partial(fit_unit, env=env), pending):
+            for index, result in tasks.imap(fit_task, pending):
                 unit = pending[index]
                 results[unit.key] = result
                 if store is not None:

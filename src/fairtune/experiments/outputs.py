@@ -6,8 +6,10 @@
 ``summary.csv``/``.md`` mean and std over seeds per method
 ``selections.json``    the settings chosen on validation per method and seed, with their val metrics
 ``config.json``        every setting, the versions of fairtune and torch, torch's CPU capability,
-                       the command, the wall time and the seconds per stage: enough to rerun
-``predictions.csv``    (if kept) ``method, seed, y_true, y_pred, sensitive`` on the test split
+                       the code -> name map of the sensitive groups (``groups``), the command,
+                       the wall time and the seconds per stage: enough to rerun
+``predictions.csv``    (if kept) ``method, seed, y_true, y_pred, sensitive, group`` on the test
+                       split (``sensitive``: the group's code; ``group``: its name in the data)
 =====================  =========================================================================
 
 Each file is written atomically (complete or absent).
@@ -38,6 +40,7 @@ class RunResult:
     selections: list[dict[str, Any]] = field(default_factory=list)
     predictions: pd.DataFrame | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    group_names: tuple[str, ...] = ()
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
@@ -66,6 +69,7 @@ def write_run(result: RunResult, config: BaseModel, directory: str | Path, *, wa
     if result.predictions is not None:
         write_csv(result.predictions, out / "predictions.csv")
         names.append("predictions.csv")
-    write_json({**run_metadata(config), "command": command if command is not None else sys.argv,
+    groups = {str(code): name for code, name in enumerate(result.group_names)}
+    write_json({**run_metadata(config), "groups": groups, "command": command if command is not None else sys.argv,
                 "wall_seconds": round(wall_seconds, 2), "stage_seconds": result.stage_seconds}, out / "config.json")
     return [*names, "config.json"]

@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pandas as pd
 from pydantic import Field, field_validator
@@ -22,8 +21,8 @@ from ..catalogue import PRETRAINED, parse_methods
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
 from ..training import resolve_device
 from .engine import Environment, Unit, UnitResult, execute, stage_totals
-from .._io import ensure_writable_dir
 from .outputs import RunResult, write_run
+from .run_folder import RunFolder
 from .scheduling import SerialExecutor
 
 
@@ -79,31 +78,27 @@ def collect(results: list[UnitResult]) -> RunResult:
         selections=[r.selection for r in results if r.selection is not None],
         predictions=pd.concat(predictions, ignore_index=True) if predictions else None,
         stage_seconds=stage_totals(results),
+        group_names=next((r.group_names for r in results if r.group_names), ()),
     )
 
 
-def run(config: RunConfig, *, out: str | os.PathLike[str] | None = None, keep_predictions: bool = False,
-        progress: bool = True, executor: SerialExecutor | None = None,
+def run(config: RunConfig, *, out: str | os.PathLike[str] | None = None, overwrite: bool = False,
+        keep_predictions: bool = False, progress: bool = True, executor: SerialExecutor | None = None,
         on_unit: Callable[[Unit], None] | None = None) -> RunResult:
     """Run ``config.methods`` over ``config.seeds`` on ``config.data`` (serially unless given an executor).
 
-    With ``out``, also write the run folder there (:func:`~fairtune.experiments.outputs.write_run`);
-    the folder is checked before any work starts, and a failed run leaves no new folder behind.
+    With ``out``, also write the run folder there (:func:`~fairtune.experiments.outputs.write_run`)
+    by the protocol of :class:`~fairtune.experiments.run_folder.RunFolder`: a folder holding an
+    earlier run is refused unless ``overwrite``, checked before any work starts; the files appear
+    together at the end, and a failed run leaves the folder as it was.
     """
     if out is None:
         return _run(config, keep_predictions, progress, executor, on_unit)
-    out_dir = Path(out)
-    created = not out_dir.exists()
-    ensure_writable_dir(out_dir)
-    started = time.perf_counter()
-    try:
+    with RunFolder(out, overwrite=overwrite) as folder:
+        started = time.perf_counter()
         result = _run(config, keep_predictions, progress, executor, on_unit)
-    except BaseException:
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        raise
-    writing = time.perf_counter()
-    write_run(result, config, out_dir, wall_seconds=time.perf_counter() - started)
+        writing = time.perf_counter()
+        folder.commit(lambda directory: write_run(result, config, directory, wall_seconds=time.perf_counter() - started))
     result.stage_seconds["write"] = round(time.perf_counter() - writing, 3)  # after config.json, which cannot hold it
     logger.info("seconds per stage: %s", ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in result.stage_seconds.items()))
     return result

@@ -36,14 +36,16 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from tqdm.auto import tqdm
 from pydantic import Field, field_validator
+from tqdm.auto import tqdm
 
 from .._io import ensure_writable_dir, write_csv, write_json
+from .._validation import seed_range
 from ..catalogue import PRETRAINED, parse_methods
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
 from ..errors import ConfigError
 from .engine import Environment, Unit, execute
+from .run_folder import check_sources, sweep_folder
 from .scheduling import SerialExecutor
 from .store import ResultStore
 
@@ -68,11 +70,7 @@ class SweepConfig(_Settings):
     @field_validator("seeds", mode="before")
     @classmethod
     def _count_means_range(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            if value < 1:
-                raise ValueError(f"a seed count must be >= 1, got {value}")
-            return tuple(range(value))
-        return value
+        return seed_range(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("methods")
     @classmethod
@@ -125,15 +123,23 @@ def sweep(
     *,
     executor: SerialExecutor | None = None,
     progress: bool = False,
+    overwrite: bool = False,
     on_unit: Callable[[Unit], None] | None = None,
 ) -> pd.DataFrame:
     """Run every unit of ``config`` not yet stored under ``out/units``; write and return ``out/results.csv``.
 
-    ``progress`` shows a bar over units (those already stored count as done); ``on_unit`` is
-    called with each unit as it is stored. ``attrs["reused"]`` of the result counts the units
-    found in the store.
+    ``out`` holding another grid's sweep is refused unless ``overwrite``
+    (:func:`~fairtune.experiments.run_folder.sweep_folder`); the same grid resumes. ``progress``
+    shows a bar over units (those already stored count as done); ``on_unit`` is called with
+    each unit as it is stored. ``attrs["reused"]`` of the result counts the units found in the store.
     """
-    out_dir = ensure_writable_dir(out)
+    check_sources(config.datasets)  # a missing CSV is named before any file is written
+    with sweep_folder(out, config.model_dump(mode="json"), overwrite=overwrite) as folder:
+        return _sweep(config, ensure_writable_dir(folder), executor, progress, on_unit)
+
+
+def _sweep(config: SweepConfig, out_dir: Path, executor: SerialExecutor | None, progress: bool,
+           on_unit: Callable[[Unit], None] | None) -> pd.DataFrame:
     labelled = config.labelled_units()
     units = [unit for _, _, unit in labelled]
     store = ResultStore(out_dir / "units")
@@ -144,7 +150,9 @@ def sweep(
             if on_unit:
                 on_unit(unit)
 
-        results = execute(units, Environment(cache_dir=config.cache_dir), executor=executor, store=store, on_unit=finished)
+        names = {data.model_dump_json(): name for name, data in config.datasets.items()}  # errors name their data set
+        results = execute(units, Environment(cache_dir=config.cache_dir), executor=executor, store=store, on_unit=finished,
+                          dataset_names=names)
     frame = pd.DataFrame([{"dataset": d, "setting": s, **result.row} for (d, s, _), result in zip(labelled, results)])
     write_json({"sweep": config.model_dump(mode="json"), "units": len(units)}, out_dir / "sweep.json")
     write_csv(frame, out_dir / "results.csv")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -40,6 +41,8 @@ def load_weights_(module: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
             state = torch.load(weights, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "state_dict" in state:
                 state = state["state_dict"]
+    except pickle.UnpicklingError as exc:  # weights_only refused a pickled object (code), e.g. torch.save(model)
+        raise ModelError(errors.NOT_A_STATE_DICT.format(path=weights)) from exc
     except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as exc:
         raise ModelError(f"cannot read weights {weights}: corrupted or not a weight file ({str(exc).splitlines()[0][:120]})") from exc
     try:

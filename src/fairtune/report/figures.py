@@ -34,7 +34,7 @@ from .tables import method_label, pareto_front
 DPI = 120
 
 #: Colours of method names that are not in the catalogue.
-_SPARE = ("#000000", "#e6550d", "#31a354", "#756bb1", "#636363", "#fd8d3c", "#74c476", "#9e9ac8")
+_SPARE = ("#000000", "#4d4d4d", "#ff00ff", "#00ffff", "#800000", "#008080", "#808000", "#000080")
 _GAPS = (("delta_eo", "ΔEO (TPR gap + FPR gap)"), ("delta_dp", "ΔDP (selection-rate gap)"))
 
 
