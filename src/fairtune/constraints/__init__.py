@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+from .lagrangian import train_constrained
+from .selection import select_under_target
 from .targets import FairnessTarget
 from .thresholds import GroupThresholds, fit_group_thresholds
 
-__all__ = ["FairnessTarget", "GroupThresholds", "fit_group_thresholds"]
+__all__ = ["FairnessTarget", "GroupThresholds", "fit_group_thresholds", "select_under_target", "train_constrained"]

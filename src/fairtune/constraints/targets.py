@@ -102,17 +102,22 @@ def constraint_rows(constraint: Constraint, n_groups: int) -> np.ndarray:
     return np.stack(rows)
 
 
+def rate_sizes(constraint: Constraint, n_pos: np.ndarray, n_neg: np.ndarray) -> np.ndarray:
+    """How many samples each rate averages over, ``(..., R)``: (n_pos, n_neg) for EO, n_pos + n_neg for DP."""
+    if constraint == "eo":
+        return np.stack(np.broadcast_arrays(n_pos, n_neg), axis=-1)
+    return np.asarray(n_pos + n_neg)[..., None]
+
+
 def rates_and_sizes(constraint: Constraint, tp: np.ndarray, fp: np.ndarray, n_pos: np.ndarray, n_neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The rates ``R`` and the sample counts they average over, each ``(..., R)``, from per-group counts.
 
     EO: ``TPR = TP / n_pos``, ``FPR = FP / n_neg``; DP: ``(TP + FP) / (n_pos + n_neg)``.
     ``tp``/``fp`` count predicted positives among the group's positives/negatives.
     """
-    if constraint == "eo":
-        sizes = np.stack(np.broadcast_arrays(n_pos, n_neg), axis=-1)
-        return np.stack(np.broadcast_arrays(tp, fp), axis=-1) / sizes, sizes
-    sizes = np.asarray(n_pos + n_neg)[..., None]
-    return np.asarray(tp + fp)[..., None] / sizes, sizes
+    sizes = rate_sizes(constraint, n_pos, n_neg)
+    hits = np.stack(np.broadcast_arrays(tp, fp), axis=-1) if constraint == "eo" else np.asarray(tp + fp)[..., None]
+    return hits / sizes, sizes
 
 
 def expected_abs(mean: np.ndarray, sd: np.ndarray) -> np.ndarray:

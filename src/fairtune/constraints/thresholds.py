@@ -13,8 +13,8 @@ are at most ``grid`` per group, else ``grid`` of them at evenly spaced ranks) an
 counts of the groups, so every combination costs O(1) once the per-group counts are known.
 The search holds ``Π_g grid_g`` combinations: keep ``grid^G`` to a few million.
 
-Deterministic: the same scores give the same thresholds. If no combination meets the
-target, the one with the smallest largest row (closest to it) is kept and ``met`` is False.
+Deterministic: the same scores give the same thresholds. Some combination always meets the
+target: +∞ in every group predicts no positive, a gap of 0 (with no noise allowance either).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from itertools import combinations
 import numpy as np
 
 from ..errors import ConfigError, UndefinedMetricError
-from .targets import RATES, FairnessTarget, expected_abs, rate_variance, rates_and_sizes
+from .targets import RATES, FairnessTarget, expected_abs, rate_sizes, rate_variance, rates_and_sizes
 
 EMPTY_RATE = "fitting thresholds for {target}: group {group} has no sample to compute its {rate} on"
 LENGTHS = "scores, y and s have different lengths: {lengths}"
@@ -38,14 +38,13 @@ DEFAULT_GRID = 1000
 class GroupThresholds:
     """Fitted per-group thresholds: ``predict(scores, s) = 1[score ≥ thresholds[s]]``.
 
-    ``met``: whether the target holds; ``fit_gap``, ``fit_err``: the gap and Err measured on the
+    ``fit_gap``, ``fit_err``: the gap and Err measured on the
     fitting data; ``fit_bound``: the gap the target bounds (the expected gap on a new split for
     ``estimate="expected"``, else ``fit_gap``).
     """
 
     thresholds: np.ndarray
     target: FairnessTarget
-    met: bool
     fit_gap: float
     fit_bound: float
     fit_err: float
@@ -101,7 +100,7 @@ def fit_group_thresholds(
     candidates, rates, sizes, tp, fp, fn, tn = [], [], [], [], [], [], []
     for g in range(n_groups):
         positive, negative = scores[(s == g) & (y == 1)], scores[(s == g) & (y == 0)]
-        group_sizes = rates_and_sizes(target.constraint, 0, 0, len(positive), len(negative))[1]
+        group_sizes = rate_sizes(target.constraint, len(positive), len(negative))
         for name, size in zip(RATES[target.constraint], group_sizes):
             if size == 0:
                 raise UndefinedMetricError(EMPTY_RATE.format(target=target.metric, group=g, rate=name))
@@ -135,8 +134,8 @@ def fit_group_thresholds(
             variance = axis(rate_variance(rates[g][:, r], sizes[g][r]), g) + axis(rate_variance(rates[h][:, r], sizes[h][r]), h)
             pair = pair + expected_abs(axis(rates[g][:, r], g) - axis(rates[h][:, r], h), np.sqrt(scale * variance))
         worst = np.maximum(worst, pair)
-    feasible = worst <= target.tolerance + 1e-12
-    best = np.unravel_index(np.argmin(np.where(feasible, errs, np.inf)) if feasible.any() else np.argmin(worst), errs.shape)
+    feasible = worst <= target.tolerance + 1e-12  # never empty: +inf everywhere has gap 0
+    best = np.unravel_index(np.argmin(np.where(feasible, errs, np.inf)), errs.shape)
     thresholds = np.array([candidates[g][k] for g, k in enumerate(best)])
     gap = max(float(np.abs(rates[g][best[g]] - rates[h][best[h]]).sum()) for g, h in combinations(range(n_groups), 2))
-    return GroupThresholds(thresholds, target, bool(feasible.any()), gap, float(worst[best]), float(errs[best]))
+    return GroupThresholds(thresholds, target, gap, float(worst[best]), float(errs[best]))
