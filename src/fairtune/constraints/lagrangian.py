@@ -9,19 +9,22 @@ with one multiplier per linear row k of the target (a group pair and a sign vect
 - the primal step (Adam on the trainable parameters, mini-batches) follows the smooth
   surrogate ``c̃_k = Σ_r σ_r (R̃[g,r] − R̃[h,r])`` of the batch, with the rates relaxed to
   ``R̃ = mean σ((z₁ − z₀)/τ)`` over the rate's samples (τ: ``temperature``; τ = 1 is P(Ŷ=1|x));
-- the dual step (gradient ascent, ``dual_lr``) follows the *measured* row: the thresholded
+- the dual step (nuPI, ``dual_lr`` with proportional gain ``damping``, which damps the
+  oscillation of plain gradient ascent; Sohrabi et al. 2024) follows the *measured* row: the thresholded
   rates (Ŷ = argmax) of the current model on the whole ``constraint_data`` (default: the
   training split), plus the noise allowance of ``target.estimate`` (the rows' maximum is then
   the gap the target bounds: :mod:`fairtune.constraints.targets`).
 
 The multipliers and both steps are cooper's (``cooper-optim``: ``ConstraintState``'s
-``violation`` is the surrogate, ``strict_violation`` the measured row; ``SimultaneousOptimizer``).
+``violation`` is the surrogate, ``strict_violation`` the measured row; ``nuPI``;
+``SimultaneousOptimizer``).
 The batches are those of :func:`fairtune.training.train_classifier` with the same seed, and
 ``target=None`` *is* that function: no target, the same training.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from itertools import combinations
 
@@ -37,6 +40,8 @@ from .targets import FairnessTarget, constraint_rows, expected_abs, rate_varianc
 
 #: Step size of the multipliers' gradient ascent (on violations of the order of ε).
 DUAL_LR = 0.5
+#: Proportional gain of the multipliers' nuPI update (0: plain gradient ascent).
+DAMPING = 10.0
 NEEDS_COOPER = "constrained training needs the package cooper-optim: pip install 'fairtune[constraints]'"
 NO_TRAINABLE = "the module has no trainable parameter"
 
@@ -101,6 +106,7 @@ def train_constrained(
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     constraint_data: TrainingData | None = None,
     dual_lr: float = DUAL_LR,
+    damping: float = DAMPING,
     temperature: float = 1.0,
     threads: int | None = 1,
 ) -> nn.Module:
@@ -109,6 +115,10 @@ def train_constrained(
     ``target=None``: exactly :func:`fairtune.training.train_classifier`. ``constraint_data``:
     where the multipliers measure the gap (default ``train``; e.g. train and validation pooled).
     ``on_epoch(epoch, module)`` is called (in eval mode) after each epoch, counting from 1.
+    The simultaneous primal-dual steps circle the constraint's boundary, so the module ends
+    with the epoch-end iterate of the lowest training CE among those that met the target on
+    ``constraint_data`` (the last one if none did; Cotter et al. 2019 pick the best feasible
+    iterate the same way).
     The multipliers after training are kept on the module as ``module.fairness_multipliers_``.
     """
     if target is None:
@@ -126,9 +136,10 @@ def train_constrained(
     rows = constraint_rows(target.constraint, n_groups)
     problem = fairness_problem(rows, target, tau, n_groups)
     primal = torch.optim.Adam(parameters, lr=lr)
-    dual = torch.optim.SGD(problem.dual_parameters(), lr=dual_lr, maximize=True)
+    dual = cooper.optim.nuPI(problem.dual_parameters(), lr=dual_lr, Kp=damping, Ki=1.0, maximize=True)
     optimizer = cooper.optim.SimultaneousOptimizer(cmp=problem, primal_optimizers=primal, dual_optimizers=dual)
     generator = torch.Generator().manual_seed(seed)
+    best: tuple[float, dict[str, Tensor]] | None = None
     with intra_op_threads(threads):
         for epoch in range(1, epochs + 1):
             module.train()
@@ -140,10 +151,26 @@ def train_constrained(
                     "logits": module(train.x[idx]), "y": train.y[idx], "s": train.s[idx], "measured": strict, "rates": rates,
                 })
             module.eval()
+            best = _keep_if_best_feasible(best, module, train, measured_rows(module, measure, target, rows, n_groups)[0], target)
             if on_epoch is not None:
                 on_epoch(epoch, module)
+    if best is not None:
+        module.load_state_dict(best[1])
     module.fairness_multipliers_ = problem.fairness.multiplier.weight.detach().clone()
     return module
+
+
+@torch.no_grad()
+def _keep_if_best_feasible(
+    best: tuple[float, dict[str, Tensor]] | None, module: nn.Module, train: TrainingData, rows: Tensor, target: FairnessTarget,
+) -> tuple[float, dict[str, Tensor]] | None:
+    """The epoch-end iterate with the lowest training CE among those whose measured rows meet ε."""
+    if float(rows.max()) > target.tolerance:
+        return best
+    loss = float(F.cross_entropy(module(train.x), train.y))
+    if best is None or loss < best[0]:
+        return loss, copy.deepcopy(module.state_dict())
+    return best
 
 
 def fairness_problem(rows: np.ndarray, target: FairnessTarget, temperature: float, n_groups: int):  # noqa: ANN201 (cooper is optional)
