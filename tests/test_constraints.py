@@ -6,6 +6,7 @@ from itertools import product
 
 import numpy as np
 import pytest
+import torch
 
 from fairtune.constraints import FairnessTarget, fit_group_thresholds, select_under_target
 from fairtune.constraints.targets import (
@@ -19,6 +20,7 @@ from fairtune.constraints.thresholds import err_from_counts
 from fairtune.errors import ConfigError, UndefinedMetricError
 from fairtune.methods.fairness import BAD_CONSTRAINT
 from fairtune.metrics import err, evaluate, false_positive_rates, selection_rates, true_positive_rates
+from fairtune.training import TrainingData
 
 
 def scored_groups(n: int, n_groups: int, seed: int, decimals: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -28,6 +30,16 @@ def scored_groups(n: int, n_groups: int, seed: int, decimals: int = 1) -> tuple[
     y = (rng.random(n) < 0.25 + 0.15 * s).astype(np.int64)
     scores = np.clip(0.35 * y + 0.1 * s + 0.5 * rng.random(n), 0, 1).round(decimals)
     return scores, y, s
+
+
+def biased_task(n: int = 1500, n_groups: int = 2, seed: int = 0) -> TrainingData:
+    """Features where the group shifts both a feature and the label: the best unconstrained head is unfair."""
+    rng = np.random.default_rng(seed)
+    s = rng.integers(0, n_groups, n)
+    z = rng.normal(size=n)
+    y = (z + 0.9 * s + 0.6 * rng.normal(size=n) > 0.6).astype(np.int64)
+    x = np.stack([z + 0.5 * s, s.astype(float), rng.normal(size=n)], axis=1)
+    return TrainingData.from_arrays(torch.tensor(x, dtype=torch.float32), y, s)
 
 
 def per_group_predictions(scores: np.ndarray, s: np.ndarray, thresholds: tuple[float, ...]) -> np.ndarray:

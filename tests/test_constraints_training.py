@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,17 +14,9 @@ from fairtune.methods.fairness import BAD_TEMPERATURE, fairness_penalty, relaxed
 from fairtune.metrics import evaluate
 from fairtune.training import TrainingData, predict, train_classifier
 
+from test_constraints import biased_task
+
 pytest.importorskip("cooper")
-
-
-def biased_task(n: int = 1500, n_groups: int = 2, seed: int = 0) -> TrainingData:
-    """Features where the group shifts both a feature and the label: the best unconstrained head is unfair."""
-    rng = np.random.default_rng(seed)
-    s = rng.integers(0, n_groups, n)
-    z = rng.normal(size=n)
-    y = (z + 0.9 * s + 0.6 * rng.normal(size=n) > 0.6).astype(np.int64)
-    x = np.stack([z + 0.5 * s, s.astype(float), rng.normal(size=n)], axis=1)
-    return TrainingData.from_arrays(torch.tensor(x, dtype=torch.float32), y, s)
 
 
 def measured(module: nn.Module, data: TrainingData) -> dict[str, float]:
