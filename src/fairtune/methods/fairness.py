@@ -13,6 +13,13 @@ predicted label Ŷ with the predicted probability p = P(Ŷ=1 | x):
 
 Groups absent from a batch are skipped; with fewer than two groups present a gap is 0.
 The loss of a batch is then ``cross_entropy + λ · gap``.
+
+A temperature τ sharpens the relaxation: ``p_τ = σ((z₁ − z₀)/τ)`` (τ = 1 is the softmax
+probability itself; as τ → 0, p_τ → the predicted label 1[z₁ > z₀], so the relaxed gap
+approaches the measured one and its gradient concentrates on the samples near the decision
+boundary, the ones whose label a small change flips). With τ = 1 the gap of a model whose
+probabilities are spread around 0.5 can shrink while its labels, and the measured gap, do
+not move: Retrain's λ did not steer the measured ΔEO on Adult (issue 12).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ Constraint = Literal["eo", "dp"]
 CONSTRAINTS: tuple[Constraint, ...] = ("eo", "dp")
 BAD_CONSTRAINT = "unknown fairness constraint {kind!r}; use one of: eo, dp"
 BAD_INTENSITY = "fairness intensity λ must be a finite number >= 0, got {value!r}"
+BAD_TEMPERATURE = "surrogate temperature τ must be a finite number > 0, got {value!r}"
 
 
 def relaxed_dp_gap(probs: Tensor, s: Tensor) -> Tensor:
@@ -81,18 +89,36 @@ def check_constraint(kind: str) -> Constraint:
     return kind  # type: ignore[return-value]
 
 
-def fairness_penalty(kind: Constraint, lam: float) -> Penalty:
+def check_temperature(value: float | str) -> float:
+    """τ as a float, or a :class:`ConfigError` unless it is finite and > 0."""
+    try:
+        tau = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(BAD_TEMPERATURE.format(value=value)) from None
+    if not 0 < tau < float("inf"):  # also refuses nan
+        raise ConfigError(BAD_TEMPERATURE.format(value=value))
+    return tau
+
+
+def relaxed_labels(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """``p_τ = σ((z₁ − z₀)/τ)`` from two-class logits ``(n, 2)``; τ = 1 gives softmax(logits)[:, 1]."""
+    return torch.sigmoid((logits[:, 1] - logits[:, 0]) / temperature)
+
+
+def fairness_penalty(kind: Constraint, lam: float, *, temperature: float = 1.0) -> Penalty:
     """The regularizer ``λ · gap`` for :func:`fairtune.training.train_classifier`.
 
     ``kind`` is ``"eo"`` (:func:`relaxed_eo_gap`) or ``"dp"`` (:func:`relaxed_dp_gap`), computed
-    on p = softmax(logits)[:, 1]. The returned callable has the ``Penalty`` signature
+    on ``p_τ = σ((z₁ − z₀)/τ)`` (:func:`relaxed_labels`; τ = ``temperature``, 1 = the softmax
+    probability). The returned callable has the ``Penalty`` signature
     ``penalty(logits, y, s, module) -> scalar``.
     """
     kind = check_constraint(kind)
     lam = check_intensity(lam)
+    tau = check_temperature(temperature)
 
     def penalty(logits: Tensor, y: Tensor, s: Tensor, module: nn.Module) -> Tensor:
-        probs = logits.softmax(dim=1)[:, 1]
+        probs = logits.softmax(dim=1)[:, 1] if tau == 1.0 else relaxed_labels(logits, tau)
         gap = relaxed_eo_gap(probs, y, s) if kind == "eo" else relaxed_dp_gap(probs, s)
         return lam * gap
 

@@ -1,0 +1,16 @@
+"""Fairness the user can set: a target ``gap ≤ ε``, and the ways to meet it.
+
+- :class:`FairnessTarget`: the constraint (eo, dp), the tolerance ε and how it is made to hold on new data;
+- :func:`fit_group_thresholds`: per-group thresholds with the least Err that meet it (post-processing);
+- :func:`train_constrained`: cross-entropy subject to the target, by Lagrange multipliers (in-processing);
+- :func:`select_under_target`: the candidate with the lowest validation Err among those that meet it.
+"""
+
+from __future__ import annotations
+
+from .lagrangian import train_constrained
+from .selection import select_under_target
+from .targets import FairnessTarget
+from .thresholds import GroupThresholds, fit_group_thresholds
+
+__all__ = ["FairnessTarget", "GroupThresholds", "fit_group_thresholds", "select_under_target", "train_constrained"]
