@@ -272,3 +272,36 @@ def test_verbose_run_reports_seconds_per_stage(data_csv, tmp_path, caplog) -> No
     assert set(stages) == {"load", "pre-train", "features", "fine-tune", "select", "peers"}
     assert stages["pre-train"] > 0 and stages["fine-tune"] > 0 and stages["peers"] > 0
     assert "seconds per stage: load" in caplog.text and " write " in caplog.text
+
+
+# --- fairness targets -----------------------------------------------------------------------------
+
+def test_a_fairness_target_is_selected_under_and_recorded(data_csv, tmp_path) -> None:
+    args = csv_args(data_csv, "--positive", "yes", "--seeds", "2", "--epochs", "3", "--lrs", "0.05", "--pretrain-epochs", "2",
+                    "--hidden", "8,4", "--quiet", "--methods", "tl,win", "--constraint", "eo", "--tolerance", "0.1",
+                    "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"))
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(dict.fromkeys(results["method"])) == ["pretrained", "tl-eo:0.1", "win-eo:0.1"]
+    targeted = results[results["method"] != "pretrained"]
+    np.testing.assert_array_equal(targeted["target_met"], targeted["delta_eo"] <= 0.1)
+    selections = json.loads((tmp_path / "out" / "selections.json").read_text())
+    for record in selections:
+        assert record["target"] == {"constraint": "eo", "tolerance": 0.1}
+        assert record["met_on_val"] == (record["val_gap"] <= 0.1) and record["met_on_test"] == (record["test_gap"] <= 0.1)
+        assert record["val_gap"] == record["val"]["delta_eo"]
+    assert "test met ε" in (tmp_path / "out" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(("flags", "fragment"), [
+    (["--constraint", "eo", "--tolerance", "0"], "fairness tolerance ε must be a number in (0, 2), got 0.0"),
+    (["--constraint", "eo", "--tolerance", "2"], "fairness tolerance ε must be a number in (0, 2), got 2.0"),
+    (["--constraint", "equal"], "invalid value for 'constraint'"),
+    (["--tolerance", "0.05"], "give --constraint eo or --constraint dp too"),
+    (["--methods", "logreg-eo:0.05"], "unknown method 'logreg-eo:0.05'"),
+    (["--methods", "win-eo:nan"], "ε of 'win-eo' must be a finite number > 0 and < 2"),
+])
+def test_bad_fairness_targets_are_one_line_errors(data_csv, tmp_path, flags, fragment) -> None:
+    args = csv_args(data_csv, "--positive", "yes", *TINY_GRID, "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"))
+    assert fragment in _assert_one_line_error(invoke([*args, *flags]), tmp_path / "out")

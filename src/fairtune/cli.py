@@ -142,6 +142,9 @@ def run(
     cache_dir: Annotated[Path | None, typer.Option(help="Cache of pre-trained models (default $FAIRTUNE_CACHE or ~/.cache/fairtune).")] = None,
     device: Annotated[str | None, typer.Option(help="Torch device of the model and features: cpu (default), cuda, cuda:1, ...")] = None,
     processes: Annotated[int, typer.Option(min=1, help="Run the (method, seed) units in this many local processes (same results).")] = 1,
+    constraint: Annotated[str | None, typer.Option(help="Fairness target: fine-tune tl, svd, win (and win-hidden, svd-hidden) subject to ΔEO ('eo') or ΔDP ('dp') <= --tolerance, choosing settings among those that meet it on validation; other methods run as they are. Same as listing win-eo:ε etc. in --methods.")] = None,
+    tolerance: Annotated[float | None, typer.Option(help="ε of the fairness target, in (0, 2) (default 0.05).")] = None,
+    thresholds: Annotated[bool, typer.Option("--thresholds", help="With --constraint, also fit per-group decision thresholds on train+val (the model then needs the sensitive attribute to predict).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --out (by default such a folder is refused).")] = False,
     min_group_size: Annotated[int | None, typer.Option(help="Merge sensitive groups with fewer rows than this into one group 'other' (needed when a group is too small to split).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -164,7 +167,8 @@ def run(
             "fisher": fisher, "batch_size": batch_size, "selection": selection, "retrain_scope": retrain_scope,
         },
         "methods": _words(methods), "seeds": tuple(range(seeds)), "target_layer": layer,
-        "cache_dir": _path(cache_dir), "device": device,
+        "cache_dir": _path(cache_dir), "device": device, "constraint": constraint, "tolerance": tolerance,
+        "thresholds": thresholds,
     })
     result = run_experiment(config, out=out, overwrite=overwrite, keep_predictions=save_predictions,
                             executor=choose_executor(processes=processes), progress=not quiet and sys.stderr.isatty())

@@ -22,9 +22,10 @@ from torch import Tensor, nn
 from . import errors
 from ._validation import binary_labels, finite_features, group_codes
 from .config import FinetuneGrid, FisherKind, Operator
-from .catalogue import CATALOGUE, MethodSpec, parse_methods
+from .catalogue import CATALOGUE, MethodSpec, parse_methods, targeted
+from .constraints import fit_group_thresholds
 from .errors import ConfigError, DataError, FairtuneError, ModelError
-from .experiments.engine import compare_on_features
+from .experiments.engine import compare_on_features, target_of, threshold_grid
 from .factorization import find_linear, replace_module_
 from .methods import build_method
 from .models import extract_features
@@ -99,13 +100,19 @@ def layer_features(model: nn.Module, layer: nn.Linear, data: Data, group_names: 
     if group_names is None:
         s_codes, group_names = group_codes(s_raw, name="sensitive_features")
     else:
-        lookup = {g: i for i, g in enumerate(group_names)}
-        text = pd.Series(s_raw).astype(str).str.strip()
-        unknown = sorted(set(text) - set(lookup))
-        if unknown:
-            raise DataError(f"sensitive groups {unknown} were not seen when fitting ({list(group_names)})")
-        s_codes = text.map(lookup).to_numpy(np.int64)
+        s_codes = known_groups(s_raw, group_names)
     return TrainingData.from_arrays(torch.cat(xs), y_all, s_codes), group_names
+
+
+def known_groups(values: Any, group_names: Sequence[str]) -> np.ndarray:
+    """Codes of sensitive values among the groups seen when fitting; an unseen group is a :class:`DataError`."""
+    raw = np.asarray(values.cpu() if isinstance(values, Tensor) else values).ravel()
+    lookup = {g: i for i, g in enumerate(group_names)}
+    text = pd.Series(raw).astype(str).str.strip()
+    unknown = sorted(set(text) - set(lookup))
+    if unknown:
+        raise DataError(f"sensitive groups {unknown} were not seen when fitting ({list(group_names)})")
+    return text.map(lookup).to_numpy(np.int64)
 
 
 NOT_LAST_LAYER = (
@@ -114,6 +121,8 @@ NOT_LAST_LAYER = (
 )
 NOT_TORCH = "method {method!r} is not a torch fine-tuning method; compare() runs it beside the others"
 BAD_ARGUMENT = "invalid {argument}={value!r}: it must be {rule}"
+TARGET_NEEDS_CONSTRAINT = "tolerance and thresholds set a fairness target: give constraint='eo' or constraint='dp' too"
+NEEDS_SENSITIVE = "this FairFineTuner predicts with per-group thresholds: pass sensitive_features to predict"
 MEANINGLESS_ARGUMENT = "argument {argument}={value!r} means nothing for method {method!r}, which uses: {uses}"
 NOT_FITTED = "this FairFineTuner is not fitted yet; call fit() first"
 #: The arguments FairFineTuner passes to a method only where its catalogue entry uses them.
@@ -168,6 +177,12 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
     lr, epochs, batch_size, seed : fine-tuning settings (Adam, cross-entropy). ``seed`` fixes the
         batch order; torch's global random state is left as it was.
     device : where to fine-tune (``"cpu"``, ``"cuda"``, ...); None = the model's device.
+    constraint, tolerance : a fairness target: fine-tune subject to ΔEO (``"eo"``) or ΔDP (``"dp"``)
+        ≤ ``tolerance`` (default 0.05) on the training data, by Lagrange multipliers
+        (:func:`~fairtune.constraints.train_constrained`). The gap bounded is the one expected on a
+        new sample of the same size (``docs/user_guide/fairness_target``).
+    thresholds : with a target, also fit per-group decision thresholds on the training data;
+        ``predict`` and ``predict_proba`` then need ``sensitive_features``.
 
     Attributes
     ----------
@@ -176,6 +191,7 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
     trainable_params_ : parameters that were fine-tuned.
     group_names_ : the sensitive groups seen in ``fit``.
     classes_ : ``array([0, 1])``.
+    thresholds_ : the fitted per-group thresholds (:class:`~fairtune.constraints.GroupThresholds`), or None.
 
     Example
     -------
@@ -186,7 +202,8 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
     def __init__(
         self, model: nn.Module | None = None, *, method: str = "win", layer: str | None = None, rank: int | None = None,
         operator: str | None = None, fisher: str | None = None, lr: float = 1e-2, epochs: int = 20,
-        batch_size: int = 256, seed: int = 0, device: str | None = None,
+        batch_size: int = 256, seed: int = 0, device: str | None = None, constraint: str | None = None,
+        tolerance: float | None = None, thresholds: bool = False,
     ) -> None:
         self.model = model
         self.method = method
@@ -199,8 +216,16 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
+        self.constraint = constraint
+        self.tolerance = tolerance
+        self.thresholds = thresholds
 
     def _spec(self) -> MethodSpec:
+        if self.constraint is None and (self.tolerance is not None or self.thresholds):
+            raise ConfigError(TARGET_NEEDS_CONSTRAINT)
+        if self.constraint is not None:
+            return MethodSpec.parse(targeted(self.method, self.constraint, 0.05 if self.tolerance is None else self.tolerance,
+                                             self.thresholds))
         spec = MethodSpec.parse(self.method)
         if spec.info.family == "peer":
             raise ConfigError(NOT_TORCH.format(method=self.method))
@@ -229,6 +254,9 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
         train = train.to(device)
         layer = _float32_head(layer)  # the model runs in its dtype; its head is fine-tuned in float32
         method = build_method(spec, grid)
+        target = target_of(spec)
+        if target is not None:
+            method.constrain(target, train)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             fitted = method.fit(layer, train, method.prepare(layer, train, grid), method.estimator_params(layer, grid),
@@ -245,6 +273,11 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
         self.model_, self.layer_name_, self.group_names_, self.device_ = model, name, groups, device
         self.trainable_params_ = fitted.trainable_params
         self.classes_ = np.array([0, 1])
+        self.thresholds_ = None
+        if spec.info.thresholds:
+            s_codes = train.s.cpu().numpy()
+            self.thresholds_ = fit_group_thresholds(fitted.scores(train.x), train.y.cpu().numpy(), s_codes, target,
+                                                    grid=threshold_grid(int(s_codes.max()) + 1))
         return self
 
     def _check_fitted(self) -> None:
@@ -253,15 +286,24 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
 
     @torch.no_grad()
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities ``(n, 2)`` float64: columns P(Y=0 | x), P(Y=1 | x) (scikit-learn's layout)."""
+        """Class probabilities ``(n, 2)`` float64: columns P(Y=0 | x), P(Y=1 | x) (scikit-learn's layout).
+
+        These are the model's; with per-group ``thresholds_``, :meth:`predict` thresholds them per group.
+        """
         self._check_fitted()
         inputs = _as_inputs(X, model_dtype(self.model_)).to(self.device_)
         positive = predict_proba(self.model_, inputs).astype(np.float64)
         return np.column_stack([1.0 - positive, positive])
 
-    def predict(self, X: Any) -> np.ndarray:
-        """Predicted labels in {0, 1}: P(Y=1 | x) > 0.5."""
-        return (self.predict_proba(X)[:, 1] > 0.5).astype(np.int64)
+    def predict(self, X: Any, *, sensitive_features: Any = None) -> np.ndarray:
+        """Predicted labels in {0, 1}: P(Y=1 | x) > 0.5, or ≥ the group's threshold where ``thresholds_`` are fitted."""
+        positive = self.predict_proba(X)[:, 1]
+        if self.thresholds_ is None:
+            return (positive > 0.5).astype(np.int64)
+        if sensitive_features is None:
+            raise DataError(NEEDS_SENSITIVE)
+        codes = known_groups(sensitive_features, self.group_names_)
+        return self.thresholds_.predict(positive, codes)
 
 
 def compare(

@@ -22,6 +22,7 @@ not depend on where it ran; :func:`execute` keeps finished units in a
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from torch import nn
 from .._validation import check_groups_present
 from ..catalogue import PRETRAINED, MethodSpec
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
+from ..constraints import FairnessTarget, fit_group_thresholds, select_under_target
 from ..data import NamedDatasetErrors, load_task
 from ..data._types import Split, Task
 from ..errors import ConfigError
@@ -49,6 +51,8 @@ from ..training import TrainingData, intra_op_threads
 from .scheduling import SerialExecutor
 from .store import ResultStore, unit_key
 
+logger = logging.getLogger(__name__)
+
 #: Lower is better for every selection metric.
 SELECTION_SCORES: dict[str, Callable[[dict[str, float]], float]] = {
     "err": lambda m: m["err"],
@@ -56,6 +60,8 @@ SELECTION_SCORES: dict[str, Callable[[dict[str, float]], float]] = {
     "delta_dp": lambda m: m["delta_dp"],
     "err+delta_eo": lambda m: m["err"] / 100 + m["delta_eo"],
 }
+NOT_MET_ON_VAL = ("{method}, seed {seed}: no candidate met {metric} <= {tolerance:g} on validation; kept the closest "
+                  "(validation {metric} {gap:.3f}), flagged in selections.json")
 NEEDS_INPUTS = (
     "method {method!r} updates the whole model and needs the model and its tabular inputs; "
     "use --retrain-scope last (FinetuneGrid(retrain_scope='last')) to fine-tune the target layer only"
@@ -238,24 +244,32 @@ FitCandidate = Callable[[Any, int, Callable[[int, Fitted], None] | None], Fitted
 
 
 def select_on_validation(method: Method, fit: FitCandidate, candidates: Sequence[Any], data: dict[str, TrainingData],
-                         grid: FinetuneGrid) -> dict[str, Any]:
+                         grid: FinetuneGrid, target: FairnessTarget | None = None, thresholds: bool = False) -> dict[str, Any]:
     """Train every candidate and keep the one with the lowest validation score (``grid.selection``).
 
     A method that trains by epochs is scored at each epoch count of the grid, as checkpoints of
-    one run of ``max(grid.epochs)`` epochs. Returns ``score, params`` (a dict), ``val`` (metrics),
-    ``y_pred`` (test predictions), ``trainable`` and ``select_seconds`` (the time spent scoring).
+    one run of ``max(grid.epochs)`` epochs. With a fairness ``target``, the kept candidate is the
+    one with the lowest validation Err among those that meet it on validation, else the closest
+    (:func:`~fairtune.constraints.select_under_target`; ``met_on_val`` says which); with
+    ``thresholds``, per-group decision thresholds are then fitted on train and validation pooled
+    and decide its predictions. Returns ``score, params`` (a dict), ``val`` (metrics), ``y_pred``
+    (test predictions), ``trainable`` and ``select_seconds`` (the time spent scoring).
     """
     score, checkpoints, best = SELECTION_SCORES[grid.selection], set(grid.epochs), {}
     val, test = data["val"], data["test"]
-    scoring = [0.0]
+    scoring, kept = [0.0], []
 
     def keep_if_best(epoch: int | None, fitted: Fitted, params: Any) -> None:
         if epoch is not None and epoch not in checkpoints:
             return
         started = time.perf_counter()
         val_metrics = metrics_of(fitted.predict(val.x, val.s), val)
-        if not best or score(val_metrics) < best["score"]:
-            record = {} if params is None else params_record(params)
+        record = {} if params is None else params_record(params)
+        if target is not None:
+            kept.append({"params": record if epoch is None else {**record, "epochs": epoch}, "val": val_metrics,
+                         "y_pred": fitted.predict(test.x, test.s), "trainable": fitted.trainable_params,
+                         "scores": {name: fitted.scores(split.x) for name, split in data.items()} if thresholds else None})
+        elif not best or score(val_metrics) < best["score"]:
             best.update(score=score(val_metrics), params=record if epoch is None else {**record, "epochs": epoch},
                         val=val_metrics, y_pred=fitted.predict(test.x, test.s), trainable=fitted.trainable_params)
         scoring[0] += time.perf_counter() - started
@@ -265,7 +279,46 @@ def select_on_validation(method: Method, fit: FitCandidate, candidates: Sequence
             fit(params, max(checkpoints), lambda epoch, fitted, params=params: keep_if_best(epoch, fitted, params))
         else:
             keep_if_best(None, fit(params, max(checkpoints), None), params)
+    if target is not None:
+        started = time.perf_counter()
+        index, met = select_under_target([record["val"] for record in kept], target)
+        best = {**kept[index], "met_on_val": met}
+        if thresholds:  # the thresholds decide the predictions, and whether validation meets the target
+            best.update(apply_thresholds(best["scores"], data, target))
+            best["met_on_val"] = best["val"][target.metric] <= target.tolerance
+        scoring[0] += time.perf_counter() - started
     return {**best, "select_seconds": scoring[0]}
+
+
+def apply_thresholds(scores: dict[str, np.ndarray], data: dict[str, TrainingData], target: FairnessTarget) -> dict[str, Any]:
+    """Per-group thresholds fitted on train and validation pooled (for the gap expected on a new split):
+    the validation metrics and test predictions they give, and the thresholds themselves."""
+    pooled_scores = np.concatenate([scores["train"], scores["val"]])
+    y = np.concatenate([data["train"].y.cpu().numpy(), data["val"].y.cpu().numpy()])
+    s = np.concatenate([data["train"].s.cpu().numpy(), data["val"].s.cpu().numpy()])
+    n_groups = int(s.max()) + 1
+    rule = fit_group_thresholds(pooled_scores, y, s, target, grid=threshold_grid(n_groups))
+    val, test = data["val"], data["test"]
+    return {"val": metrics_of(rule.predict(scores["val"], val.s.cpu().numpy()), val),
+            "y_pred": rule.predict(scores["test"], test.s.cpu().numpy()),
+            "thresholds": [float(t) for t in rule.thresholds]}
+
+
+def threshold_grid(n_groups: int) -> int:
+    """Candidate thresholds per group: the search visits grid^G combinations, kept to about 2 million."""
+    return max(2, min(1000, int(round(2e6 ** (1 / n_groups)))))
+
+
+def target_of(spec: MethodSpec) -> FairnessTarget | None:
+    """The fairness target a spec names (``win-eo:0.05``: ΔEO ≤ 0.05), or None."""
+    info = spec.info
+    if info.constraint is None:
+        return None
+    return FairnessTarget(info.constraint, info.value.default if spec.value is None else spec.value)
+
+
+def pooled(first: TrainingData, second: TrainingData) -> TrainingData:
+    return TrainingData(torch.cat([first.x, second.x]), torch.cat([first.y, second.y]), torch.cat([first.s, second.s]))
 
 
 def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[str, TrainingData], *, seed: int,
@@ -274,10 +327,14 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
     """Fine-tune one method from ``layer`` (or the whole model): select on 'val', score on 'test'.
 
     A :class:`~fairtune.methods.ModelMethod` trains the model returned by ``model_inputs()`` on
-    its raw inputs instead of the features. Torch's global RNG is left as it was.
+    its raw inputs instead of the features. A fairness target (``win-eo:0.05``) trains each
+    candidate subject to it, its gap measured on train and validation pooled, and selects
+    under it; its selection record says whether validation and test met it. Torch's global RNG
+    is left as it was.
     """
     parsed = MethodSpec.parse(spec)
     method = build_method(parsed, grid)
+    fairness = target_of(parsed)
     target, data = layer, features
     if isinstance(method, ModelMethod):
         if model_inputs is None:
@@ -285,6 +342,8 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
         target, data = model_inputs()
     for name, split in data.items():
         check_groups_present(split.s.cpu().numpy(), int(data["train"].s.max()) + 1, where=name)
+    if fairness is not None:
+        method.constrain(fairness, pooled(data["train"], data["val"]))
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -294,7 +353,7 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
             return method.fit(target, data["train"], context, params, epochs=epochs, batch_size=grid.batch_size,
                               seed=seed, on_epoch=on_epoch)
 
-        best = select_on_validation(method, fit, method.candidates(target, grid), data, grid)
+        best = select_on_validation(method, fit, method.candidates(target, grid), data, grid, fairness, parsed.info.thresholds)
     elapsed = time.perf_counter() - start
     seconds = 0.0 if parsed.name == PRETRAINED else round(elapsed, 4)
     training = "peers" if parsed.info.family == "peer" else "fine-tune"
@@ -304,6 +363,12 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
            "fit_seconds": seconds}
     selection = None if parsed.name == PRETRAINED else {
         "method": spec, "seed": seed, "params": best["params"], "val": best["val"], "selection": grid.selection}
+    if fairness is not None:
+        row["target_met"] = bool(row[fairness.metric] <= fairness.tolerance)
+        selection.update(target_record(fairness, best, row))
+        if not best["met_on_val"]:
+            logger.warning(NOT_MET_ON_VAL.format(method=spec, seed=seed, metric=fairness.metric, tolerance=fairness.tolerance,
+                                                 gap=best["val"][fairness.metric]))
     predictions = None
     if keep_predictions:
         codes = test.s.cpu().numpy()
@@ -312,6 +377,16 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
         if group_names:
             predictions["group"] = [group_names[code] for code in codes]
     return UnitResult(row, selection, predictions, stages, tuple(group_names or ()))
+
+
+def target_record(target: FairnessTarget, best: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """What a selection under a target records: the target, the gaps reached on val and test, and whether each met it."""
+    record = {"target": {"constraint": target.constraint, "tolerance": target.tolerance},
+              "val_gap": best["val"][target.metric], "met_on_val": best["met_on_val"],
+              "test_gap": row[target.metric], "met_on_test": row["target_met"]}
+    if "thresholds" in best:
+        record["thresholds"] = best["thresholds"]
+    return record
 
 
 def fit_unit(unit: Unit, env: Environment) -> UnitResult:

@@ -12,12 +12,15 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
-from ..catalogue import PRETRAINED, parse_methods
+from ..catalogue import PRETRAINED, TARGETABLE, parse_methods, targeted
+from ..constraints.targets import BAD_TOLERANCE
+from ..errors import ConfigError
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
 from ..training import resolve_device
 from .engine import Environment, Unit, UnitResult, execute, stage_totals
@@ -27,6 +30,9 @@ from .scheduling import SerialExecutor
 
 
 logger = logging.getLogger(__name__)
+#: ε of ``--constraint`` without ``--tolerance``.
+DEFAULT_TOLERANCE = 0.05
+TARGET_NEEDS_CONSTRAINT = "--tolerance and --thresholds set a fairness target: give --constraint eo or --constraint dp too"
 
 
 class RunConfig(_Settings):
@@ -40,6 +46,10 @@ class RunConfig(_Settings):
     target_layer: str | None = Field(None, description="name of the nn.Linear to fine-tune; None = the last")
     cache_dir: str | None = Field(None, description="cache of pre-trained models; None = $FAIRTUNE_CACHE or ~/.cache/fairtune")
     device: str | None = Field(None, description="torch device of the model and features (cpu, cuda, cuda:1); None = cpu")
+    constraint: Literal["eo", "dp"] | None = Field(
+        None, description="fairness target for every method that can take one: fine-tune subject to ΔEO (eo) or ΔDP (dp) <= tolerance")
+    tolerance: float | None = Field(None, description="ε of the fairness target (default 0.05)")
+    thresholds: bool = Field(False, description="with a target, also fit per-group decision thresholds (needs the sensitive attribute to predict)")
 
     @field_validator("methods")
     @classmethod
@@ -58,12 +68,29 @@ class RunConfig(_Settings):
             raise ValueError("seeds must be distinct")
         return value
 
+    @model_validator(mode="after")
+    def _target_settings(self) -> RunConfig:
+        if self.constraint is None and (self.tolerance is not None or self.thresholds):
+            raise ConfigError(TARGET_NEEDS_CONSTRAINT)
+        if self.tolerance is not None and not 0 < self.tolerance < 2:
+            raise ConfigError(BAD_TOLERANCE.format(value=self.tolerance))
+        self.method_specs()  # a tolerance out of range is named before any work
+        return self
+
+    def method_specs(self) -> tuple[str, ...]:
+        """The methods run: with ``constraint``, each one that can take a target is fine-tuned to it
+        (``win`` -> ``win-eo:0.05``); the others (e.g. the peers) run as they are."""
+        if self.constraint is None:
+            return self.methods
+        tolerance = DEFAULT_TOLERANCE if self.tolerance is None else self.tolerance
+        return tuple(targeted(m, self.constraint, tolerance, self.thresholds) if m in TARGETABLE else m for m in self.methods)
+
     def units(self) -> list[Unit]:
         """Per seed: the pre-trained model, then each method (the rows' order in results.csv)."""
         return [
             Unit(data=self.data, pretrain=self.pretrain, finetune=self.finetune, method=method, seed=seed,
                  target_layer=self.target_layer)
-            for seed in self.seeds for method in (PRETRAINED, *self.methods)
+            for seed in self.seeds for method in (PRETRAINED, *self.method_specs())
         ]
 
     def environment(self, keep_predictions: bool = False) -> Environment:

@@ -17,7 +17,7 @@ import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 from torch import Tensor, nn
@@ -25,7 +25,13 @@ from torch import Tensor, nn
 from ..catalogue import MethodSpec
 from ..config import FinetuneGrid
 from ..factorization import count_parameters
-from ..training import Penalty, TrainingData, predict, train_classifier
+from ..errors import ConfigError
+from ..training import Penalty, TrainingData, predict, predict_proba, train_classifier
+
+if TYPE_CHECKING:
+    from ..constraints import FairnessTarget
+
+NO_PENALTY_WITH_TARGET = "a fairness target cannot be combined with a penalty (a regularizer or an anchor)"
 
 
 class Fitted(Protocol):
@@ -50,6 +56,10 @@ class FittedHead:
 
     def predict(self, x: Tensor, s: Tensor | None = None) -> np.ndarray:
         return predict(self.module, x)
+
+    def scores(self, x: Tensor) -> np.ndarray:
+        """P(Y=1 | x) ``(n,)``, e.g. for per-group decision thresholds."""
+        return predict_proba(self.module, x)
 
 
 class Params(Protocol):
@@ -80,6 +90,13 @@ class Method(ABC):
     """What both protocols share. ``trains_by_epoch = False``: scored once, on what ``fit`` returns."""
 
     trains_by_epoch: ClassVar[bool] = True
+    #: The fairness target training must meet, and the data its gap is measured on (see :meth:`constrain`).
+    target: FairnessTarget | None = None
+    constraint_data: TrainingData | None = None
+
+    def constrain(self, target: FairnessTarget, constraint_data: TrainingData) -> None:
+        """Train subject to ``target``, its gap measured on ``constraint_data`` (:func:`~fairtune.constraints.train_constrained`)."""
+        self.target, self.constraint_data = target, constraint_data
 
     @classmethod
     def from_spec(cls, spec: MethodSpec, grid: FinetuneGrid) -> Method:
@@ -124,7 +141,8 @@ class HeadMethod(Method):
         for parameter in head.parameters():
             parameter.requires_grad_(True)
         return train_fitted(head, train, lr=params.lr, epochs=epochs, batch_size=batch_size, seed=seed,
-                            penalty=self.penalty(context, head), on_epoch=on_epoch)
+                            penalty=self.penalty(context, head), on_epoch=on_epoch,
+                            target=self.target, constraint_data=self.constraint_data)
 
 
 class ModelMethod(Method):
@@ -141,13 +159,26 @@ def train_fitted(
     seed: int,
     penalty: Penalty | None = None,
     on_epoch: OnEpoch | None = None,
+    target: FairnessTarget | None = None,
+    constraint_data: TrainingData | None = None,
 ) -> FittedHead:
-    """Train ``module``'s trainable parameters in place; ``on_epoch`` sees the result after every epoch."""
+    """Train ``module``'s trainable parameters in place; ``on_epoch`` sees the result after every epoch.
+
+    With a fairness ``target``: cross-entropy subject to it (:func:`~fairtune.constraints.train_constrained`,
+    the gap measured on ``constraint_data``); without, :func:`~fairtune.training.train_classifier`.
+    """
     fitted = FittedHead(module, count_parameters(module))
-    train_classifier(
-        module, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, penalty=penalty,
-        on_epoch=None if on_epoch is None else (lambda epoch, _module: on_epoch(epoch, fitted)),
-    )
+    each_epoch = None if on_epoch is None else (lambda epoch, _module: on_epoch(epoch, fitted))
+    if target is None:
+        train_classifier(module, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, penalty=penalty,
+                         on_epoch=each_epoch)
+        return fitted
+    if penalty is not None:
+        raise ConfigError(NO_PENALTY_WITH_TARGET)
+    from ..constraints import train_constrained  # the constraints import the fairness gaps of this package
+
+    train_constrained(module, train, target=target, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed,
+                      on_epoch=each_epoch, constraint_data=constraint_data)
     return fitted
 
 

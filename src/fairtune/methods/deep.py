@@ -166,7 +166,8 @@ class LastLayerVariant(DeepVariant, HeadMethod):
         module, anchor = self._adapt(copy.deepcopy(target), context.get(""), params)
         module.requires_grad_(True)
         return train_fitted(module, train, lr=params.lr, epochs=epochs, batch_size=batch_size, seed=seed,
-                            penalty=self._anchor_penalty([anchor] if anchor else []), on_epoch=on_epoch)
+                            penalty=self._anchor_penalty([anchor] if anchor else []), on_epoch=on_epoch,
+                            target=self.target, constraint_data=self.constraint_data)
 
 
 class InnerVariant(DeepVariant, ModelMethod):
@@ -189,7 +190,8 @@ class InnerVariant(DeepVariant, ModelMethod):
             anchors += [anchor] if anchor else []
         freeze_all_but_(tuned, nn.ModuleList(adapted))
         return train_fitted(tuned, train, lr=params.lr, epochs=epochs, batch_size=batch_size, seed=seed,
-                            penalty=self._anchor_penalty(anchors), on_epoch=on_epoch)
+                            penalty=self._anchor_penalty(anchors), on_epoch=on_epoch,
+                            target=self.target, constraint_data=self.constraint_data)
 
 
 def _factory(scope: Scope, factorize: Factorize, anchored: bool):

@@ -21,6 +21,10 @@ def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
     for key, title, digits in _COLUMNS:
         table[title] = [mean_std(m, s, digits) for m, s in zip(summary[f"{key}_mean"], summary[f"{key}_std"])]
     table["trainable params"] = summary["trainable_params_mean"].round(1).map(lambda v: f"{v:g}")
+    if "target_met_mean" in summary:  # fairness targets: in how many seeds the test gap met ε
+        table["test met ε"] = [
+            "" if pd.isna(met) else f"{round(met * seeds)}/{seeds}" for met, seeds in zip(summary["target_met_mean"], summary["seeds"])
+        ]
     return table
 
 
@@ -32,7 +36,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows]) + "\n"
 
 
-METRICS: tuple[str, ...] = ("err", "delta_dp", "delta_eo", "trainable_params")
+#: Summarized per method: the metrics, the size, and (fairness targets only) whether test met ε.
+METRICS: tuple[str, ...] = ("err", "delta_dp", "delta_eo", "trainable_params", "target_met")
 _GAP_TITLES = {"delta_eo": "ΔEO", "delta_dp": "ΔDP"}
 
 
