@@ -278,3 +278,50 @@ def test_compare_needs_a_seed(problem) -> None:
     model, X, y, s = problem
     with pytest.raises(ConfigError, match="seeds is empty"):
         compare(model, (X, y, s), (X, y, s), (X, y, s), seeds=[])
+
+
+# --- fairness targets -------------------------------------------------------------------------
+
+@pytest.fixture
+def biased():
+    """A model and data where the label depends on the group, so plain fine-tuning has a large ΔEO."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 2, 2000)
+    X = rng.normal(size=(2000, 5)).astype(np.float32)
+    X[:, 1] = s + 0.3 * rng.normal(size=2000)
+    y = (X[:, 0] + s + 0.5 * rng.normal(size=2000) > 0.5).astype(np.int64)
+    return model, X, y, s
+
+
+def test_a_tolerance_lowers_the_gap_to_the_target(biased) -> None:
+    from fairtune.metrics import delta_eo
+
+    model, X, y, s = biased
+    plain = FairFineTuner(model, method="tl", epochs=10, lr=0.05).fit(X, y, sensitive_features=s)
+    fair = FairFineTuner(model, method="tl", epochs=10, lr=0.05, constraint="eo", tolerance=0.05).fit(X, y, sensitive_features=s)
+    assert delta_eo(y, plain.predict(X), s) > 0.1
+    assert delta_eo(y, fair.predict(X), s) <= 0.05  # on the data it was fitted on
+    assert fair.thresholds_ is None
+
+
+def test_thresholds_need_the_sensitive_attribute_to_predict(biased) -> None:
+    model, X, y, s = biased
+    tuner = FairFineTuner(model, method="tl", epochs=3, constraint="eo", tolerance=0.1, thresholds=True).fit(X, y, sensitive_features=s)
+    assert tuner.thresholds_ is not None and len(tuner.thresholds_.thresholds) == 2
+    assert tuner.predict(X, sensitive_features=s).shape == (2000,)
+    with pytest.raises(DataError, match="pass sensitive_features to predict"):
+        tuner.predict(X)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"tolerance": 0.05}, "give constraint='eo' or constraint='dp' too"),
+    ({"constraint": "eo", "tolerance": 0.0}, "must be a finite number > 0 and < 2"),
+    ({"constraint": "equal"}, "unknown fairness constraint 'equal'"),
+    ({"method": "win-anchor", "constraint": "eo"}, "cannot take a fairness target"),
+])
+def test_bad_fairness_targets_are_config_errors(biased, arguments, message) -> None:
+    model, X, y, s = biased
+    with pytest.raises(ConfigError, match=message):
+        FairFineTuner(model, epochs=1, **arguments).fit(X, y, sensitive_features=s)
