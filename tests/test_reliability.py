@@ -132,6 +132,22 @@ def test_a_swap_killed_between_its_renames_is_recovered(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+@pytest.mark.parametrize("exchange", [True, False])
+def test_swap_in_replaces_the_folder_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool) -> None:
+    from fairtune.experiments import run_folder
+
+    if not exchange:  # a system without renameat2(RENAME_EXCHANGE): two renames
+        monkeypatch.setattr(run_folder, "_exchange", lambda first, second: False)
+    out, staging = tmp_path / "out", tmp_path / ".out.staging-1"
+    out.mkdir()
+    (out / "predictions.csv").write_text("old")
+    staging.mkdir()
+    (staging / "results.csv").write_text("new")
+    run_folder.swap_in(staging, out)
+    assert [p.name for p in out.iterdir()] == ["results.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def sweep_yaml(path: Path, csv: Path, cache: Path, *, epochs: int = 1) -> Path:
     path.write_text(
         f"datasets:\n  toy: {{dataset: csv, csv: '{csv}', target: label, sensitive: group, positive: 'yes'}}\n"
