@@ -183,6 +183,28 @@ def test_sweep_error_in_a_unit_names_its_data_set(tmp_path: Path, cache: Path) -
     one_line_error(fairtune("sweep", path, "--out", tmp_path / "out", "--quiet", cache=cache), "data set 'toy'", "single class")
 
 
+def test_a_sweep_into_a_locked_folder_is_refused(csv: Path, tmp_path: Path, cache: Path) -> None:
+    out = tmp_path / "sweep"
+    with folder_lock(out):
+        one_line_error(fairtune("sweep", sweep_yaml(tmp_path / "a.yaml", csv, cache), "--out", out, "--quiet", cache=cache),
+                       LOCKED.format(path=out))
+    assert not out.exists()
+
+
+def test_unit_errors_name_their_data_set_from_a_worker_process() -> None:
+    import pickle
+
+    from fairtune.config import DataConfig
+    from fairtune.data import NamedDatasetErrors
+    from fairtune.experiments import RunConfig
+    from fairtune.experiments.sweep import prepare_unit
+
+    data = DataConfig(dataset="csv", csv="no-such.csv", target="label", sensitive="group")
+    task = pickle.loads(pickle.dumps(NamedDatasetErrors(prepare_unit, {data.model_dump_json(): "mine"})))  # as sent to a worker
+    with pytest.raises(DataError, match="^data set 'mine': file not found: no-such.csv$"):
+        task(RunConfig(data=data, seeds=(0,)))
+
+
 def test_sweep_seed_count_must_be_positive(tmp_path: Path, cache: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("methods: [tl]\nseeds: -2\n")
