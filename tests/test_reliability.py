@@ -106,8 +106,9 @@ def test_a_second_run_into_a_locked_folder_is_refused(csv: Path, tmp_path: Path,
 def test_failed_run_writes_nothing(tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "new"
     one_line_error(run_csv(tmp_path / "missing.csv", out, cache=cache), "file not found")
-    assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+    frame = generated_frame(600)
+    one_line_error(run_csv(write(frame[[*frame.columns, "label"]], tmp_path / "dup.csv"), out, cache=cache), "duplicate")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dup.csv"]  # no folder, no staging folder, no lock file
 
 
 def test_output_files_get_the_umask_permissions(csv: Path, tmp_path: Path, cache: Path) -> None:

@@ -73,18 +73,29 @@ def check_run_target(path: Path, *, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def folder_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (``.NAME.lock`` in its parent) or fail at once with :data:`LOCKED`."""
+    """Hold an exclusive lock on ``path`` (``.NAME.lock`` in its parent) or fail at once with :data:`LOCKED`.
+
+    The lock file is removed when the lock is released (a killed process leaves it, unlocked, for
+    the next run to reuse). A process that locked a file which was removed meanwhile holds
+    nothing, so it checks that its file is still the one at the path.
+    """
+    lock = path.parent / f".{path.name}.lock"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, default_mode(0o666))
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT, default_mode(0o666))
     except OSError as exc:
         raise FairtuneError(NOT_WRITABLE.format(path=path, reason=exc.strerror)) from exc
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            if os.fstat(handle).st_ino != os.stat(lock).st_ino:
+                raise BlockingIOError
+        except (BlockingIOError, FileNotFoundError):
             raise FairtuneError(LOCKED.format(path=path)) from None
-        yield
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # while still locked: nobody can hold the lock on a removed file
     finally:
         os.close(handle)  # closing releases the lock
 
