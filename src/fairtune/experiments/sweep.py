@@ -32,6 +32,8 @@ import functools
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import tomllib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -204,6 +206,19 @@ class SerialExecutor:
             yield index, function(config)
 
 
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """Ignore SIGINT in the block (processes started in it inherit that); only the main thread can."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class ProcessExecutor(SerialExecutor):
     """Run tasks in ``workers`` local processes, spawned once per sweep (no state inherited from the caller)."""
 
@@ -215,11 +230,15 @@ class ProcessExecutor(SerialExecutor):
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is not None:  # Ctrl-C or an error: stop the workers now, not after their current units
+            for process in list((self._pool._processes or {}).values()):
+                process.terminate()
         self._pool.shutdown(cancel_futures=True)
 
     def imap(self, function: Task, configs: list[RunConfig]) -> Iterator[tuple[int, Any]]:
-        futures = {self._pool.submit(function, config): index for index, config in enumerate(configs)}
+        with _interrupts_ignored():  # workers start with Ctrl-C ignored: this process handles it and stops them
+            futures = {self._pool.submit(function, config): index for index, config in enumerate(configs)}
         for future in as_completed(futures):
             yield futures[future], future.result()
 
