@@ -71,3 +71,22 @@ def test_run_killed_at_random_points_leaves_the_old_folder_or_the_new_one(tmp_pa
     assert final.returncode == 0, final.stderr  # the lock died with the killed process; leftovers are cleaned
     assert one_complete_run(out) == "win"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []  # no staging, old folder or lock left
+
+
+def test_ctrl_c_with_local_processes_ends_in_one_line_and_no_folder(tmp_path: Path) -> None:
+    csv = tmp_path / "data.csv"
+    generated_frame(600).to_csv(csv, index=False)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    args = command(csv, out, "tl,svd,win", cache) + ["--processes", "2"]
+    args[args.index("--seeds") + 1] = "4"
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not list(cache.glob("models/*.safetensors")):  # pre-trained in a worker: the workers are busy
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does in a terminal: the whole process group
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 130
+    assert "Traceback" not in stderr and "fairtune: interrupted" in stderr
+    assert not out.exists()
