@@ -153,7 +153,7 @@ class RunFolder:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        self.path = Path(path)
+        self.path = Path(os.path.abspath(path))  # "." has no name to put a lock or staging folder beside
         self.overwrite = overwrite
         self._stack = contextlib.ExitStack()
 
@@ -230,7 +230,7 @@ def sweep_folder(path: str | os.PathLike[str], config: dict[str, Any], *, overwr
     With ``overwrite`` an earlier sweep's files (``sweep.json``, ``results.csv``, ``units/``) are
     removed first. The lock is held until the block ends.
     """
-    out = Path(path)
+    out = Path(os.path.abspath(path))
 
     def check() -> None:
         if not check_target(out, known=SWEEP_FILES) or overwrite:
