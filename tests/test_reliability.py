@@ -106,8 +106,9 @@ def test_a_second_run_into_a_locked_folder_is_refused(csv: Path, tmp_path: Path,
 def test_failed_run_writes_nothing(tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "new"
     one_line_error(run_csv(tmp_path / "missing.csv", out, cache=cache), "file not found")
-    assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+    frame = generated_frame(600)
+    one_line_error(run_csv(write(frame[[*frame.columns, "label"]], tmp_path / "dup.csv"), out, cache=cache), "duplicate")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dup.csv"]  # no folder, no staging folder, no lock file
 
 
 def test_output_files_get_the_umask_permissions(csv: Path, tmp_path: Path, cache: Path) -> None:
@@ -129,6 +130,22 @@ def test_a_swap_killed_between_its_renames_is_recovered(tmp_path: Path) -> None:
     (tmp_path / ".out.staging-abc").mkdir()
     recover(out)
     assert (out / "results.csv").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_swap_in_replaces_the_folder_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool) -> None:
+    from fairtune.experiments import run_folder
+
+    if not exchange:  # a system without renameat2(RENAME_EXCHANGE): two renames
+        monkeypatch.setattr(run_folder, "_exchange", lambda first, second: False)
+    out, staging = tmp_path / "out", tmp_path / ".out.staging-1"
+    out.mkdir()
+    (out / "predictions.csv").write_text("old")
+    staging.mkdir()
+    (staging / "results.csv").write_text("new")
+    run_folder.swap_in(staging, out)
+    assert [p.name for p in out.iterdir()] == ["results.csv"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -165,6 +182,28 @@ def test_sweep_error_in_a_unit_names_its_data_set(tmp_path: Path, cache: Path) -
     frame = generated_frame(600).assign(label="yes")  # one class: fails when the unit loads it
     path = sweep_yaml(tmp_path / "a.yaml", write(frame, tmp_path / "one.csv"), cache)
     one_line_error(fairtune("sweep", path, "--out", tmp_path / "out", "--quiet", cache=cache), "data set 'toy'", "single class")
+
+
+def test_a_sweep_into_a_locked_folder_is_refused(csv: Path, tmp_path: Path, cache: Path) -> None:
+    out = tmp_path / "sweep"
+    with folder_lock(out):
+        one_line_error(fairtune("sweep", sweep_yaml(tmp_path / "a.yaml", csv, cache), "--out", out, "--quiet", cache=cache),
+                       LOCKED.format(path=out))
+    assert not out.exists()
+
+
+def test_unit_errors_name_their_data_set_from_a_worker_process() -> None:
+    import pickle
+
+    from fairtune.config import DataConfig
+    from fairtune.data import NamedDatasetErrors
+    from fairtune.experiments import RunConfig
+    from fairtune.experiments.sweep import prepare_unit
+
+    data = DataConfig(dataset="csv", csv="no-such.csv", target="label", sensitive="group")
+    task = pickle.loads(pickle.dumps(NamedDatasetErrors(prepare_unit, {data.model_dump_json(): "mine"})))  # as sent to a worker
+    with pytest.raises(DataError, match="^data set 'mine': file not found: no-such.csv$"):
+        task(RunConfig(data=data, seeds=(0,)))
 
 
 def test_sweep_seed_count_must_be_positive(tmp_path: Path, cache: Path) -> None:

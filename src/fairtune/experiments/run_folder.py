@@ -33,7 +33,7 @@ RUN_FILES = frozenset({"results.csv", "summary.csv", "summary.md", "selections.j
 #: What ``fairtune sweep`` writes.
 SWEEP_FILES = frozenset({"sweep.json", "results.csv", "units"})
 
-HOLDS_RESULTS = "{path} already holds the results of an earlier {what}; pass --overwrite to replace them, or choose another --out"
+HOLDS_RESULTS = "{path} already holds the results of an earlier run; pass --overwrite to replace them, or choose another --out"
 HOLDS_OTHER_SWEEP = (
     "{path} holds a different sweep (its sweep.json differs); pass --overwrite to replace it, "
     "or rerun the same config to resume it"
@@ -52,35 +52,50 @@ def _entries(path: Path) -> list[str]:
     return sorted(entry.name for entry in path.iterdir())
 
 
-def check_target(path: Path, *, known: frozenset[str], overwrite: bool, what: str = "run") -> bool:
-    """Refuse ``path`` if it holds foreign files, or results without ``overwrite``; True if it holds results."""
+def check_target(path: Path, *, known: frozenset[str]) -> list[str]:
+    """The entries of the output folder ``path`` (none if it does not exist); refuse a file or foreign entries."""
     if not path.exists():
-        return False
+        return []
     if not path.is_dir():
         raise FairtuneError(NOT_A_FOLDER.format(path=path))
     entries = _entries(path)
     foreign = [name for name in entries if name not in known]
     if foreign:
         raise FairtuneError(FOREIGN_FILES.format(path=path, names=", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")))
-    if entries and not overwrite and what == "run":
-        raise FairtuneError(HOLDS_RESULTS.format(path=path, what=what))
-    return bool(entries)
+    return entries
+
+
+def check_run_target(path: Path, *, overwrite: bool) -> None:
+    """A run's folder: new, empty, or (with ``overwrite``) an earlier run's."""
+    if check_target(path, known=RUN_FILES) and not overwrite:
+        raise FairtuneError(HOLDS_RESULTS.format(path=path))
 
 
 @contextlib.contextmanager
 def folder_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (``.NAME.lock`` in its parent) or fail at once with :data:`LOCKED`."""
+    """Hold an exclusive lock on ``path`` (``.NAME.lock`` in its parent) or fail at once with :data:`LOCKED`.
+
+    The lock file is removed when the lock is released (a killed process leaves it, unlocked, for
+    the next run to reuse). A process that locked a file which was removed meanwhile holds
+    nothing, so it checks that its file is still the one at the path.
+    """
+    lock = path.parent / f".{path.name}.lock"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, default_mode(0o666))
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT, default_mode(0o666))
     except OSError as exc:
         raise FairtuneError(NOT_WRITABLE.format(path=path, reason=exc.strerror)) from exc
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            if os.fstat(handle).st_ino != os.stat(lock).st_ino:
+                raise BlockingIOError
+        except (BlockingIOError, FileNotFoundError):
             raise FairtuneError(LOCKED.format(path=path)) from None
-        yield
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # while still locked: nobody can hold the lock on a removed file
     finally:
         os.close(handle)  # closing releases the lock
 
@@ -138,16 +153,16 @@ class RunFolder:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        self.path = Path(path)
+        self.path = Path(os.path.abspath(path))  # "." has no name to put a lock or staging folder beside
         self.overwrite = overwrite
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> RunFolder:
-        check_target(self.path, known=RUN_FILES, overwrite=self.overwrite)  # before creating anything
+        check_run_target(self.path, overwrite=self.overwrite)  # before creating anything
         with self._stack:
             self._stack.enter_context(folder_lock(self.path))
             recover(self.path)
-            check_target(self.path, known=RUN_FILES, overwrite=self.overwrite)  # a concurrent run may have finished
+            check_run_target(self.path, overwrite=self.overwrite)  # a concurrent run may have finished
             self._stack = self._stack.pop_all()
         return self
 
@@ -191,10 +206,10 @@ def sweep_folder(path: str | os.PathLike[str], config: dict[str, Any], *, overwr
     With ``overwrite`` an earlier sweep's files (``sweep.json``, ``results.csv``, ``units/``) are
     removed first. The lock is held until the block ends.
     """
-    out = Path(path)
+    out = Path(os.path.abspath(path))
 
     def check() -> None:
-        if not check_target(out, known=SWEEP_FILES, overwrite=overwrite, what="sweep") or overwrite:
+        if not check_target(out, known=SWEEP_FILES) or overwrite:
             return
         recorded = out / "sweep.json"
         try:

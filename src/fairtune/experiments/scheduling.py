@@ -6,8 +6,11 @@ as tasks finish, in any order.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
@@ -18,6 +21,19 @@ from ..errors import ConfigError
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 
 
+
+
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """Ignore SIGINT in the block (processes started in it inherit that); only the main thread can."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class SerialExecutor:
@@ -51,11 +67,15 @@ class ProcessExecutor(SerialExecutor):
         self._pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"))
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is not None:  # Ctrl-C or an error: stop the workers now, not after their current units
+            for process in list((self._pool._processes or {}).values()):
+                process.terminate()
         self._pool.shutdown(cancel_futures=True)
 
     def imap(self, function: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
-        futures = {self._pool.submit(function, item): index for index, item in enumerate(items)}
+        with _interrupts_ignored():  # workers start with Ctrl-C ignored: this process handles it and stops them
+            futures = {self._pool.submit(function, item): index for index, item in enumerate(items)}
         for future in as_completed(futures):
             yield futures[future], future.result()
 
