@@ -110,8 +110,8 @@ class FairFineTuner:
     trainable_params_ : parameters that were fine-tuned.
     group_names_ : the sensitive groups seen in ``fit``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> tuner = FairFineTuner(model, method="win", rank=1).fit(X, y, sensitive_features=s)  # doctest: +SKIP
     >>> tuner.predict(X_test)  # doctest: +SKIP
     """

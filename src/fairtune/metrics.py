@@ -1,12 +1,12 @@
 """Fairness and accuracy metrics as the paper defines them (numpy in, floats out).
 
-- ΔDP = |P(Ŷ=1 | S=1) − P(Ŷ=1 | S=2)|                         demographic parity distance
+- ΔDP = ``|P(Ŷ=1 | S=1) − P(Ŷ=1 | S=2)|``                     demographic parity distance
 - ΔEO = ΔTPR + ΔFPR                                           equalized odds, a *sum*
   (fairlearn's ``equalized_odds_difference`` takes the max of the two by default)
 - Err = 100 − weighted-average F1, in percent
 
 For more than two groups each gap is the largest over all pairs of groups; for ΔEO that is
-max over pairs (g, h) of |TPR_g − TPR_h| + |FPR_g − FPR_h|.
+max over pairs (g, h) of ``|TPR_g − TPR_h| + |FPR_g − FPR_h|``.
 """
 
 from __future__ import annotations
@@ -64,12 +64,12 @@ def _max_gap(rates: dict[object, float]) -> float:
 
 
 def delta_dp(y_pred: np.ndarray, s: np.ndarray) -> float:
-    """ΔDP = max over group pairs of |P(Ŷ=1|S=g) − P(Ŷ=1|S=h)|."""
+    """ΔDP = max over group pairs of ``|P(Ŷ=1|S=g) − P(Ŷ=1|S=h)|``."""
     return _max_gap(selection_rates(y_pred, s))
 
 
 def delta_eo(y_true: np.ndarray, y_pred: np.ndarray, s: np.ndarray) -> float:
-    """ΔEO = max over group pairs of |ΔTPR| + |ΔFPR| (the paper's sum)."""
+    """ΔEO = max over group pairs of ``|ΔTPR| + |ΔFPR|`` (the paper's sum)."""
     tpr = true_positive_rates(y_true, y_pred, s)
     fpr = false_positive_rates(y_true, y_pred, s)
     return float(max(abs(tpr[g] - tpr[h]) + abs(fpr[g] - fpr[h]) for g, h in combinations(tpr, 2)))
