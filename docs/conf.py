@@ -17,6 +17,7 @@ from typing import Any
 
 DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent / "src"))
+sys.path.insert(0, str(DOCS / "_ext"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The gallery's examples pre-train small models: keep them out of the user's cache.
 os.environ.setdefault("FAIRTUNE_CACHE", str(DOCS / "_build" / "fairtune-cache"))
@@ -36,6 +37,7 @@ extensions = [
     "numpydoc",
     "myst_parser",
     "sphinx_gallery.gen_gallery",
+    "cli_reference",  # docs/_ext: the fairtune-cli directive
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -126,6 +128,8 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
     "within_subsection_order": "FileNameSortKey",
     "matplotlib_animations": False,
+    # fairtune.report.figures returns pyplot-free Figures: docs/_ext/figure_scraper.py shows them.
+    "image_scrapers": ("matplotlib", "figure_scraper.pyplot_free_figures"),
 }
 
 # --- HTML --------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def adult_task(
     """Adult: label income > 50K, sensitive attribute ``sex`` (kept out of the features by default).
 
     Default split: Table 1's new-task sizes 12287 / 5000 / 10315; the other 17,620 rows
-    pre-train the model (METHOD.md: the paper's text says 60/40, its Table 1 says 39/61).
+    pre-train the model (``docs/method.md``: the paper's text says 60/40, its Table 1 says 39/61).
     """
     return tabular_task(
         load_adult_frame(), target="income", sensitive="sex", positive=">50K",

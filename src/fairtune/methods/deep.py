@@ -2,7 +2,7 @@
 
 A binary head is ``d x 2``: its weighted SVD has rank ≤ 2 and reproduces W exactly at rank 2,
 so there the neutralized importance only changes the parametrization. These variants let the
-importance matter (METHOD.md, Eq. 1-4, applied more widely):
+importance matter (``docs/method.md``, Eq. 1-4, applied more widely):
 
 - **scope**: which ``nn.Linear`` layers of the model are adapted: ``last`` (the paper),
   ``hidden`` (the last hidden layer: the linear layer before the last) or ``all``.
