@@ -15,6 +15,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from sphinx.ext import autosummary
+from sphinx.pycode import ModuleAnalyzer
+from sphinx.errors import PycodeError
+
 DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent / "src"))
 sys.path.insert(0, str(DOCS / "_ext"))
@@ -80,8 +84,27 @@ def _kind(value: Any) -> str:
     return "functions" if inspect.isroutine(value) else "data"
 
 
-def api_members(package: ModuleType) -> dict[str, dict[str, list[str]]]:
-    """The public names of each public module, each name documented once.
+def data_doc(key: str, value: Any, modules: list[str]) -> str:
+    """The ``#:`` doc comment of public data (looked up in every module that holds the same
+    object, since a package that re-exports it has none), else what it holds."""
+    for name in modules:
+        module = sys.modules.get(name)
+        if module is None or vars(module).get(key) is not value:
+            continue
+        try:
+            comment = ModuleAnalyzer.for_module(name).find_attr_docs().get(("", key))
+        except PycodeError:
+            comment = None
+        if comment:
+            return " ".join(line.strip() for line in comment if line.strip())
+    if isinstance(value, dict):
+        return "A mapping with the keys " + ", ".join(f"``{k}``" for k in value) + "."
+    return f"``{value!r}``" if len(repr(value)) < 200 else f"A ``{type(value).__name__}``."
+
+
+def api_members(package: ModuleType) -> tuple[dict[str, dict[str, list[str]]], dict[str, str]]:
+    """The public names of each public module, each name documented once; and the text of
+    each public data name (:func:`data_doc`), by its full name.
 
     A module's public names are its ``__all__``; without one, the public names defined in it.
     A name is documented on the page of the first module (in walk order: packages before
@@ -91,6 +114,7 @@ def api_members(package: ModuleType) -> dict[str, dict[str, list[str]]]:
     """
     seen: set[int] = set()
     pages: dict[str, dict[str, list[str]]] = {}
+    data_docs: dict[str, str] = {}
     modules = _public_modules(package)
     for name in modules:
         module = importlib.import_module(name)
@@ -108,13 +132,19 @@ def api_members(package: ModuleType) -> dict[str, dict[str, list[str]]]:
             if kind != "data":
                 seen.add(id(value))
             page[kind].append(key)
+            if kind == "data":
+                data_docs[f"{name}.{key}"] = data_doc(key, value, [m for m in sys.modules if m.startswith(package.__name__)])
         prefix = name + "."
         page["modules"] = [m[len(prefix):] for m in modules if m.startswith(prefix) and "." not in m[len(prefix):]]
         pages[name] = page
-    return pages
+    return pages, data_docs
 
 
-autosummary_context = {"api": api_members(fairtune)}
+api_pages, api_data_docs = api_members(fairtune)
+autosummary_context = {"api": api_pages, "data_docs": api_data_docs}
+# A summary is a docstring's first sentence; "Eq. (1): ..." does not end at "Eq.".
+autosummary.WELL_KNOWN_ABBREVIATIONS = (*autosummary.WELL_KNOWN_ABBREVIATIONS, "Eq.")
+
 
 # --- Example gallery ---------------------------------------------------------------------------
 sphinx_gallery_conf = {
@@ -129,7 +159,10 @@ sphinx_gallery_conf = {
     "within_subsection_order": "FileNameSortKey",
     "matplotlib_animations": False,
     # fairtune.report.figures returns pyplot-free Figures: docs/_ext/figure_scraper.py shows them.
-    "image_scrapers": ("matplotlib", "figure_scraper.pyplot_free_figures"),
+    "image_scrapers": ("figure_scraper.pyplot_free_figures", "matplotlib"),
+    # The timing page loads jQuery and DataTables from CDNs; the build log and each example's
+    # page give the run times instead.
+    "write_computation_times": False,
 }
 
 # --- HTML --------------------------------------------------------------------------------------
