@@ -110,7 +110,8 @@ def api_members(package: ModuleType) -> tuple[dict[str, dict[str, list[str]]], d
     A name is documented on the page of the first module (in walk order: packages before
     their modules) that makes it public, so that ``fairtune.importance.group_fisher`` is not
     documented again as ``fairtune.importance.fisher.group_fisher`` (which would make every
-    cross-reference to it ambiguous).
+    cross-reference to it ambiguous). A module hidden by a package attribute of the same name
+    has no page of its own; its names are listed on the package's page.
     """
     seen: set[int] = set()
     pages: dict[str, dict[str, list[str]]] = {}
@@ -136,6 +137,14 @@ def api_members(package: ModuleType) -> tuple[dict[str, dict[str, list[str]]], d
                 data_docs[f"{name}.{key}"] = data_doc(key, value, [m for m in sys.modules if m.startswith(package.__name__)])
         prefix = name + "."
         page["modules"] = [m[len(prefix):] for m in modules if m.startswith(prefix) and "." not in m[len(prefix):]]
+        parent, _, short = name.rpartition(".")
+        if parent in pages and getattr(sys.modules[parent], short) is not module:
+            # The package exports a function of the module's name (fairtune.experiments.run):
+            # the module's own names go on the package's page, as run.<name>.
+            pages[parent]["modules"].remove(short)
+            for kind, items in page.items():
+                pages[parent][kind] += [f"{short}.{item}" for item in items]
+            continue
         pages[name] = page
     return pages, data_docs
 
