@@ -25,14 +25,14 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/run.py
 
-$(BIN)/sphinx-build: pyproject.toml | setup
+$(VENV)/.docs-installed: pyproject.toml | setup
 	$(BIN)/pip install --quiet -e '.[docs]'
-	touch $(BIN)/sphinx-build
+	touch $@
 
 # docs/api holds stubs generated from the code: made afresh, so that no stale page remains.
-docs: $(BIN)/sphinx-build
+docs: $(VENV)/.docs-installed
 	rm -rf docs/api
-	OMP_NUM_THREADS=1 $(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+	OMP_NUM_THREADS=1 $(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
 	@echo "docs: open docs/_build/html/index.html"
 
 clean:
