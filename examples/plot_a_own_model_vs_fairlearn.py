@@ -9,9 +9,8 @@ outputs) and a new task with a sensitive attribute. This example
    sensitive group are strongly correlated, so the model has learnt to use the group;
 2. fine-tunes it on the new task with :class:`fairtune.FairFineTuner`: TL (the last layer as
    it is), f+SVD and WIN;
-3. fits fairlearn's :class:`~fairlearn.postprocessing.ThresholdOptimizer` and
-   :class:`~fairlearn.reductions.ExponentiatedGradient` (equalized odds) on the *same frozen
-   features* (the inputs of the model's last layer);
+3. fits fairlearn's ``ThresholdOptimizer`` and ``ExponentiatedGradient`` (equalized odds) on
+   the *same frozen features* (the inputs of the model's last layer);
 4. plots every model's test Err against its test ΔEO.
 
 ΔEO here is the paper's **sum** ΔTPR + ΔFPR (:func:`fairtune.delta_eo`); fairlearn's

@@ -26,7 +26,8 @@ def _option_rows(command: Any, ctx: Any) -> list[tuple[str, str, str]]:
     for param in command.get_params(ctx):
         if param.name == "help":
             continue
-        kind = _cell(param.display_type(ctx)).strip("<>")
+        # typer >= 0.2x has its own parameter types (display_type); older typer uses click's.
+        kind = _cell(param.display_type(ctx) if hasattr(param, "display_type") else param.type.name).strip("<>")
         if param.param_type_name == "argument":
             rows.append((f"``{param.name.upper()}``", kind, _cell(param.help or "") + " (argument)"))
             continue
