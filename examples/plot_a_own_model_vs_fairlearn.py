@@ -129,9 +129,9 @@ results
 # Lower-left is better on both. ΔEO from one test split of 1,500 rows moves by a few hundredths
 # between seeds, so differences that small are noise (``fairtune run`` repeats over 10 seeds).
 fig, ax = plt.subplots(figsize=(6, 4.2))
-for name, row in results.iterrows():
-    ax.scatter(row["delta_eo"], row["err"], s=60)
-    ax.annotate(name, (row["delta_eo"], row["err"]), textcoords="offset points", xytext=(6, 4), fontsize=9)
+for (name, row), marker in zip(results.iterrows(), "osDv^P"):
+    ax.scatter(row["delta_eo"], row["err"], s=70, marker=marker, label=name)
+ax.legend(fontsize=9)
 ax.set_xlabel("ΔEO = ΔTPR + ΔFPR (test)")
 ax.set_ylabel("Err = 100 − weighted F1 (%, test)")
 ax.set_title("Fine-tuning a pre-trained MLP: fairtune and fairlearn")

@@ -15,6 +15,8 @@ from typing import Any
 from matplotlib.figure import Figure
 from sphinx_gallery.scrapers import figure_rst
 
+from fairtune.report.figures import save_png
+
 _scraped: weakref.WeakSet[Figure] = weakref.WeakSet()
 
 
@@ -30,7 +32,7 @@ def pyplot_free_figures(block: Any, block_vars: dict[str, Any], gallery_conf: di
             figures.append(value)
     paths = []
     for figure, path in zip(figures, block_vars["image_path_iterator"]):
-        figure.savefig(path, dpi=100)
+        save_png(figure, path)  # as fairtune's reports save it (the legend may lie outside the axes)
         _scraped.add(figure)
         paths.append(path)
     return figure_rst(paths, gallery_conf["src_dir"])
