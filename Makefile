@@ -1,12 +1,13 @@
 # Two entry points, both idempotent on a fresh machine:
 #   make run   -> set up .venv and run the default Adult comparison (10 seeds)
 #   make test  -> set up .venv and run the test suite
+#   make docs  -> install the docs extra and build the HTML docs (warnings are errors) into docs/_build/html
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= runs/adult
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench docs clean
 
 # constraints.txt pins every package to the version the tests ran with (pyproject.toml has ranges).
 $(BIN)/fairtune: pyproject.toml constraints.txt
@@ -25,5 +26,15 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/run.py
 
+$(VENV)/.docs-installed: pyproject.toml | setup
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $@
+
+# docs/api holds stubs generated from the code: made afresh, so that no stale page remains.
+docs: $(VENV)/.docs-installed
+	rm -rf docs/api
+	OMP_NUM_THREADS=1 $(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "docs: open docs/_build/html/index.html"
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs docs/_build docs/api docs/auto_examples

@@ -193,8 +193,8 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
     classes_ : ``array([0, 1])``.
     thresholds_ : the fitted per-group thresholds (:class:`~fairtune.constraints.GroupThresholds`), or None.
 
-    Example
-    -------
+    Examples
+    --------
     >>> tuner = FairFineTuner(model, method="win", rank=1).fit(X, y, sensitive_features=s)  # doctest: +SKIP
     >>> tuner.predict_proba(X_test)[:, 1]  # doctest: +SKIP
     """

@@ -1,12 +1,12 @@
 """Fairness and accuracy metrics as the paper defines them (numpy in, floats out).
 
-- ΔDP = |P(Ŷ=1 | S=1) − P(Ŷ=1 | S=2)|                         demographic parity distance
+- ΔDP = ``|P(Ŷ=1 | S=1) − P(Ŷ=1 | S=2)|``                     demographic parity distance
 - ΔEO = ΔTPR + ΔFPR                                           equalized odds, a *sum*
   (fairlearn's ``equalized_odds_difference`` takes the max of the two by default)
 - Err = 100 − weighted-average F1, in percent
 
 For more than two groups each gap is the largest over all pairs of groups; for ΔEO that is
-max over pairs (g, h) of |TPR_g − TPR_h| + |FPR_g − FPR_h|. As in fairlearn's ``MetricFrame``,
+max over pairs (g, h) of ``|TPR_g − TPR_h| + |FPR_g − FPR_h|``. As in fairlearn's ``MetricFrame``,
 the groups are those present: a rate is taken over the groups that have a sample to compute it
 on (ΔEO over the groups that have both TPR and FPR), and is undefined when fewer than two do.
 """
@@ -64,12 +64,12 @@ def _max_gap(rates: dict[object, float]) -> float:
 
 
 def delta_dp(y_pred: np.ndarray, s: np.ndarray) -> float:
-    """ΔDP = max over group pairs of |P(Ŷ=1|S=g) − P(Ŷ=1|S=h)|."""
+    """ΔDP = max over group pairs of ``|P(Ŷ=1|S=g) − P(Ŷ=1|S=h)|``."""
     return _max_gap(selection_rates(y_pred, s))
 
 
 def delta_eo(y_true: np.ndarray, y_pred: np.ndarray, s: np.ndarray) -> float:
-    """ΔEO = max over group pairs of |ΔTPR| + |ΔFPR| (the paper's sum)."""
+    """ΔEO = max over group pairs of ``|ΔTPR| + |ΔFPR|`` (the paper's sum)."""
     tpr = true_positive_rates(y_true, y_pred, s)
     fpr = false_positive_rates(y_true, y_pred, s)
     both = [g for g in tpr if g in fpr]

@@ -46,7 +46,7 @@ def adult_task(
     """Adult: label income > 50K, sensitive attribute ``sex`` (kept out of the features by default).
 
     Default split: Table 1's new-task sizes 12287 / 5000 / 10315; the other 17,620 rows
-    pre-train the model (docs/method.md: the paper's text says 60/40, its Table 1 says 39/61). The split is
+    pre-train the model (``docs/method.md``: the paper's text says 60/40, its Table 1 says 39/61). The split is
     random, not stratified, by default: the committed results and Table 1's protocol use it.
     """
     return tabular_task(

@@ -23,8 +23,8 @@ class FactorizedLinear(nn.Module):
 
     Shape: ``(N, *, d) -> (N, *, k)``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> layer = nn.Linear(8, 2)
     >>> low_rank = FactorizedLinear.from_linear(layer, rank=2)
     >>> x = torch.randn(4, 8)

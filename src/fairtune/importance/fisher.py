@@ -7,7 +7,7 @@ averaged over a group g's ``n_g`` samples, is the diagonal Fisher
     F_g = (1/n_g) * ((P_g - E_g) ⊙ (P_g - E_g))^T (X_g ⊙ X_g)          (k x d)
     F_g^bias = (1/n_g) * Σ (p - e_y)^2                                   (k)
 
-which is the d x k formula of docs/method.md, transposed to ``nn.Linear.weight``'s layout. It takes one
+which is the d x k formula of ``docs/method.md``, transposed to ``nn.Linear.weight``'s layout. It takes one
 matmul per batch and O(G·k·d) memory, whatever the number of samples.
 
 ``kind="empirical"`` uses the data's labels. ``kind="true"`` takes the expectation over labels

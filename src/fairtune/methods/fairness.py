@@ -8,7 +8,7 @@ predicted label Ŷ with the predicted probability p = P(Ŷ=1 | x):
 - relaxed ΔDP = max_{g,h} | mean_{S=g} p − mean_{S=h} p |
   (for two groups simply the absolute difference of the two group means);
 - relaxed ΔEO = relaxed ΔDP on the samples with Y=1 (the TPR gap)
-              + relaxed ΔDP on the samples with Y=0 (the FPR gap),
+  + relaxed ΔDP on the samples with Y=0 (the FPR gap),
   a sum, as the paper's ΔEO = ΔTPR + ΔFPR.
 
 Groups absent from a batch are skipped; with fewer than two groups present a gap is 0.

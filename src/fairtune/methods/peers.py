@@ -4,15 +4,15 @@ Every peer is fitted on the target layer's inputs (the features that TL, f+SVD a
 fine-tune on) of the same train split, selected on the same validation split and scored on
 the same test split, so the comparison differs only in the learning method.
 
-=================  ===================================================================
-``logreg``         ``sklearn.linear_model.LogisticRegression`` (a new linear head)
-``fairlearn-eg-*`` ``fairlearn.reductions.ExponentiatedGradient`` around that
-                   LogisticRegression, constraint ``EqualizedOdds`` (eo) or
-                   ``DemographicParity`` (dp); ``eps`` ∈ {0.01, 0.05} chosen on validation
-``fairlearn-to-*`` ``fairlearn.postprocessing.ThresholdOptimizer`` (``prefit=False``,
-                   ``predict_method="predict_proba"``) with constraints
-                   ``"equalized_odds"`` or ``"demographic_parity"``
-=================  ===================================================================
+==================  ===================================================================
+``logreg``          ``sklearn.linear_model.LogisticRegression`` (a new linear head)
+``fairlearn-eg-*``  ``fairlearn.reductions.ExponentiatedGradient`` around that
+                    LogisticRegression, constraint ``EqualizedOdds`` (eo) or
+                    ``DemographicParity`` (dp); ``eps`` ∈ {0.01, 0.05} chosen on validation
+``fairlearn-to-*``  ``fairlearn.postprocessing.ThresholdOptimizer`` (``prefit=False``,
+                    ``predict_method="predict_proba"``) with constraints
+                    ``"equalized_odds"`` or ``"demographic_parity"``
+==================  ===================================================================
 
 Randomized predictions (ExponentiatedGradient's mixture, ThresholdOptimizer's
 interpolation) use ``random_state=seed``. Trainable parameters: a logistic regression

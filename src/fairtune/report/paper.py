@@ -1,6 +1,6 @@
 """The paper's published Adult figures, typed once, to print beside ours.
 
-Source: Zhang & Zhou, arXiv 2403.00625, as quoted in ``docs/method.md`` ("Paper figures to
+Source: Zhang & Zhou, arXiv 2403.00625, as quoted on the method page (``docs/method.md``, "Paper figures to
 compare with"). These are the only hand-typed numbers in a reproduction report; everything
 else is computed from results. The paper's Table 3 numbers are not in our excerpt: of Table 3
 we hold only the pre-trained model's figures.
