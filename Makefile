@@ -27,7 +27,7 @@ bench: setup
 	$(BIN)/python benchmarks/run.py
 
 $(VENV)/.docs-installed: pyproject.toml | setup
-	$(BIN)/pip install --quiet -e '.[docs]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[docs]'
 	touch $@
 
 # docs/api holds stubs generated from the code: made afresh, so that no stale page remains.
