@@ -68,3 +68,14 @@ def test_thresholds_meet_the_target_where_the_head_cannot(by_group_layer, n_grou
 
 def test_threshold_grid_keeps_the_search_to_millions() -> None:
     assert threshold_grid(2) == 1000 and threshold_grid(3) ** 3 <= 3e6 and threshold_grid(6) >= 2
+
+
+@pytest.mark.parametrize("spec", ["errorparity-eo:0.1", "fairret-eo:0.1"])
+def test_tolerance_peers_run_as_catalogued_methods_at_the_specs_tolerance(spec) -> None:
+    pytest.importorskip("error_parity" if spec.startswith("errorparity") else "fairret")
+    layer = nn.Linear(2, 2)
+    features = {name: group_features(1500, seed) for seed, name in enumerate(("train", "val", "test"))}
+    [_, result] = compare_on_features(layer, features, [spec], FinetuneGrid(lrs=(0.01,), epochs=(2,)), seed=0)
+    assert result.selection["target"] == {"constraint": "eo", "tolerance": 0.1}
+    assert result.row["target_met"] == (result.row["delta_eo"] <= 0.1)
+    assert result.row["trainable_params"] > 0

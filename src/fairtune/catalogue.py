@@ -98,6 +98,7 @@ class MethodInfo:
 
 _LAMBDA = MethodValue("λ", "regularizer intensity", 0.5)
 _MU = MethodValue("μ", "anchor strength", 1.0)
+_EPSILON = MethodValue("ε", "tolerance of the gap", 0.05, maximum=2.0, positive=True)
 _HEAD = ("lr",)
 _LOWRANK = ("rank", "lr")
 _WIN = ("rank", "operator", "fisher", "lr")
@@ -131,6 +132,19 @@ def _entries() -> tuple[MethodInfo, ...]:
         MethodInfo("fairlearn-to-dp", "TO+DP", "fairlearn ThresholdOptimizer (demographic parity) on the logistic regression; "
                    "needs the sensitive attribute to predict", "peer", "features",
                    m + "peers:ThresholdOptimizerDP.from_spec", "#f7b6d2"),
+        MethodInfo("errorparity-eo", "RTO (ΔEO≤ε)", "error-parity RelaxedThresholdOptimizer (l1 = our ΔEO) at tolerance ε on the "
+                   "logistic regression; needs the sensitive attribute to predict (pip install --no-deps error-parity)",
+                   "peer", "features", m + "tolerance_peers:RelaxedThresholdMethod.from_spec", "#17a2b8", _EPSILON,
+                   constraint="eo"),
+        MethodInfo("errorparity-dp", "RTO (ΔDP≤ε)", "error-parity RelaxedThresholdOptimizer (demographic parity) at tolerance ε; "
+                   "needs the sensitive attribute to predict", "peer", "features",
+                   m + "tolerance_peers:RelaxedThresholdMethod.from_spec", "#0e6674", _EPSILON, constraint="dp"),
+        MethodInfo("fairret-eo", "fairret (ΔEO≤ε)", "fairret NormLoss (TPR and FPR) added to TL's loss, strength and lr chosen "
+                   "on validation under ΔEO ≤ ε", "peer", "features", m + "tolerance_peers:FairretMethod.from_spec",
+                   "#ffbb78", _EPSILON, constraint="eo"),
+        MethodInfo("fairret-dp", "fairret (ΔDP≤ε)", "fairret NormLoss (positive rate) added to TL's loss, strength and lr chosen "
+                   "on validation under ΔDP ≤ ε", "peer", "features", m + "tolerance_peers:FairretMethod.from_spec",
+                   "#c49c94", _EPSILON, constraint="dp"),
         MethodInfo("win-hidden", "WIN (hidden)", "WIN on the last hidden layer (weighted SVD with its neutralized Fisher), "
                    "fine-tune its factors", "variant", "model", m + "deep:WIN_HIDDEN", "#bcbd22", uses_importance=True),
         MethodInfo("svd-hidden", "f+SVD (hidden)", "plain SVD of the last hidden layer, fine-tune its factors (control for win-hidden)",
@@ -255,7 +269,7 @@ class MethodSpec:
     def label(self) -> str:
         """Display name: ``"Retrain+EO λ=0.1"``, ``"WIN + anchor μ=2"``, ``"WIN (hidden) f=0.25"``."""
         info = self.info
-        if info.constraint is not None:  # "WIN (ΔEO≤0.05)", "WIN (ΔEO≤0.05, thresholds)"
+        if info.constraint is not None:  # "WIN (ΔEO≤0.05)", "WIN (ΔEO≤0.05, thresholds)", "RTO (ΔEO≤0.05)"
             value = info.value.default if self.value is None else self.value
             label = info.label.replace("≤ε", f"≤{value:g}")
         else:

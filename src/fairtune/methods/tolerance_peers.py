@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,9 @@ from ..constraints.targets import FairnessTarget
 from ..errors import ConfigError
 from ..factorization import count_parameters
 from ..training import TrainingData, predict, train_classifier
-from .peers import LOGREG_C, SENSITIVE_NEEDED, as_float64, logistic_regression, logreg_size
+from ..config import FinetuneGrid
+from .base import Fitted, FittedHead, HeadMethod, OnEpoch
+from .peers import LOGREG_C, SENSITIVE_NEEDED, PeerParams, as_float64, logistic_regression, logreg_size
 
 NEEDS_PACKAGE = "the {peer} peer needs the package {package}: pip install 'fairtune[peers]'"
 NOT_FITTED = "{peer} is not fitted: call fit first"
@@ -69,7 +72,7 @@ class RelaxedThresholdPeer:
         except ImportError:
             raise ConfigError(NEEDS_PACKAGE.format(peer="RelaxedThresholdOptimizer", package="error-parity")) from None
         x = as_float64(train.x)
-        self.logreg_ = logistic_regression({"C": self.C}, self.seed).fit(x, train.y.numpy())
+        self.logreg_ = logistic_regression(PeerParams(self.C), self.seed).fit(x, train.y.numpy())
         self.optimizer_ = RelaxedThresholdOptimizer(
             predictor=lambda features: self.logreg_.predict_proba(features)[:, 1],
             constraint=ERROR_PARITY_CONSTRAINTS[self.target.constraint], tolerance=self.target.tolerance,
@@ -152,3 +155,56 @@ class FairretNormLossPeer:
         if not hasattr(self, "module_"):
             raise ConfigError(NOT_FITTED.format(peer="FairretNormLossPeer"))
         return predict(self.module_, x)
+
+
+# --- the two peers as methods of the catalogue (``errorparity-eo:ε``, ``fairret-eo:ε``) ----------------
+
+@dataclass
+class FittedTolerancePeer:
+    """A fitted :class:`RelaxedThresholdPeer` seen as a method's fit: ``predict(x, s)`` and its size."""
+
+    peer: RelaxedThresholdPeer
+
+    @property
+    def trainable_params(self) -> int:
+        return self.peer.trainable_params_
+
+    def predict(self, x: Tensor, s: Tensor | None = None) -> np.ndarray:
+        return self.peer.predict(x, s)
+
+
+class RelaxedThresholdMethod(HeadMethod):
+    """``errorparity-eo:ε``: :class:`RelaxedThresholdPeer` at the spec's target (set by the engine's ``constrain``)."""
+
+    trains_by_epoch = False
+
+    def candidates(self, target: nn.Linear, grid: FinetuneGrid) -> list[PeerParams]:
+        return [PeerParams(LOGREG_C)]
+
+    def fit(self, target: nn.Linear, train: TrainingData, context: Any, params: PeerParams, *, epochs: int,
+            batch_size: int, seed: int, on_epoch: OnEpoch | None = None) -> Fitted:
+        return FittedTolerancePeer(RelaxedThresholdPeer(self.target, C=params.C, seed=seed).fit(train))
+
+
+@dataclass(frozen=True)
+class FairretParams:
+    """NormLoss strength and Adam's learning rate."""
+
+    strength: float
+    lr: float
+
+
+class FairretMethod(HeadMethod):
+    """``fairret-eo:ε``: :class:`FairretNormLossPeer`, its strength and lr chosen on validation under the target."""
+
+    def candidates(self, target: nn.Linear, grid: FinetuneGrid) -> list[FairretParams]:
+        return [FairretParams(strength, lr) for strength in FAIRRET_STRENGTHS for lr in grid.lrs]
+
+    def fit(self, target: nn.Linear, train: TrainingData, context: Any, params: FairretParams, *, epochs: int,
+            batch_size: int, seed: int, on_epoch: OnEpoch | None = None) -> Fitted:
+        peer = FairretNormLossPeer(self.target, strength=params.strength, lr=params.lr, epochs=epochs,
+                                   batch_size=batch_size, seed=seed)
+        peer.fit(target, train, on_epoch=None if on_epoch is None else
+                 (lambda epoch, fitted: on_epoch(epoch, FittedHead(fitted.module_, fitted.trainable_params_))))
+        return FittedHead(peer.module_, peer.trainable_params_)
+
