@@ -189,3 +189,15 @@ html_theme_options = {
 }
 html_show_sourcelink = False
 html_last_updated_fmt = None
+
+
+def _skip_metadata_requests(app: Any, what: str, name: str, obj: Any, skip: bool, options: Any) -> bool | None:
+    """scikit-learn adds ``set_{fit,predict,...}_request`` to every estimator class (metadata
+    routing); their docstrings are scikit-learn's and point into its glossary."""
+    if name.startswith("set_") and name.endswith("_request"):
+        return True
+    return None
+
+
+def setup(app: Any) -> None:
+    app.connect("autodoc-skip-member", _skip_metadata_requests)

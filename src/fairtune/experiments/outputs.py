@@ -1,16 +1,16 @@
 """The run folder: what a run writes, the same for the CLI and a Python caller.
 
-=====================  =========================================================================
-``results.csv``        one row per method and seed: ``method, seed, err, delta_dp, delta_eo,
-                       trainable_params, fit_seconds`` (``pretrained`` = the model before fine-tuning)
-``summary.csv``/``.md`` mean and std over seeds per method
-``selections.json``    the settings chosen on validation per method and seed, with their val metrics
-``config.json``        every setting, the versions of fairtune and torch, torch's CPU capability,
-                       the code -> name map of the sensitive groups (``groups``), the command,
-                       the wall time and the seconds per stage: enough to rerun
-``predictions.csv``    (if kept) ``method, seed, y_true, y_pred, sensitive, group`` on the test
-                       split (``sensitive``: the group's code; ``group``: its name in the data)
-=====================  =========================================================================
+- ``results.csv``: one row per method and seed: ``method, seed, err, delta_dp, delta_eo,
+  trainable_params, fit_seconds`` (``pretrained`` = the model before fine-tuning; with a fairness
+  target also ``target_met``);
+- ``summary.csv``, ``summary.md``: mean and std over seeds per method;
+- ``selections.json``: the settings chosen on validation per method and seed, with their
+  validation metrics (and, with a target, the gaps reached and whether each met it);
+- ``config.json``: every setting, the versions of fairtune and torch, torch's CPU capability,
+  the code -> name map of the sensitive groups (``groups``), the command, the wall time and the
+  seconds per stage: enough to rerun;
+- ``predictions.csv`` (if kept): ``method, seed, y_true, y_pred, sensitive, group`` on the test
+  split (``sensitive``: the group's code; ``group``: its name in the data).
 
 Each file is written atomically (complete or absent).
 """

@@ -1,21 +1,17 @@
 """Peers that take a fairness tolerance ε, on the same frozen features and splits as fairtune's methods.
 
-=========================  ==============================================================
-:class:`RelaxedThresholdPeer`  error-parity's ``RelaxedThresholdOptimizer`` (Cruz & Hardt,
-                           2023) on a logistic regression's probabilities: group-specific,
-                           possibly randomized thresholds whose group ROC points lie within
-                           an ℓ1 distance ε (``l_p_norm=1``: |ΔTPR| + |ΔFPR| ≤ ε, our ΔEO) or
-                           whose selection rates differ by at most ε (DP). Needs the
-                           sensitive attribute at prediction time.
-:class:`FairretNormLossPeer`   fairret's ``NormLoss`` (Buyl et al., 2024) added to the
-                           cross-entropy of a copy of the target layer (as TL): the ℓ1 norm of
-                           the groups' relative deviations from the overall TPR and FPR (EO)
-                           or positive rate (DP), with a strength; it takes no ε, so the
-                           strength is a hyperparameter chosen on validation under the target
-                           (:func:`fairtune.constraints.select_under_target`). No sensitive
-                           attribute at prediction time. fairret's projection losses normalize
-                           wrongly unless ``force_proj_normalized`` is set; NormLoss is not one.
-=========================  ==============================================================
+- :class:`RelaxedThresholdPeer`: error-parity's ``RelaxedThresholdOptimizer`` (Cruz & Hardt,
+  2023) on a logistic regression's probabilities: group-specific, possibly randomized thresholds
+  whose group ROC points lie within an ℓ1 distance ε (``l_p_norm=1``: ``|ΔTPR| + |ΔFPR| ≤ ε``, our
+  ΔEO) or whose selection rates differ by at most ε (DP). Needs the sensitive attribute at
+  prediction time. In the catalogue: ``errorparity-eo:ε``, ``errorparity-dp:ε``.
+- :class:`FairretNormLossPeer`: fairret's ``NormLoss`` (Buyl et al., 2024) added to the
+  cross-entropy of a copy of the target layer (as TL): the ℓ1 norm of the groups' relative
+  deviations from the overall TPR and FPR (EO) or positive rate (DP), with a strength; it takes
+  no ε, so the strength is a hyperparameter chosen on validation under the target
+  (:func:`fairtune.constraints.select_under_target`). No sensitive attribute at prediction time.
+  fairret's projection losses normalize wrongly unless ``force_proj_normalized`` is set;
+  NormLoss is not one. In the catalogue: ``fairret-eo:ε``, ``fairret-dp:ε``.
 
 Both are optional: ``pip install 'fairtune[peers]'`` (error-parity pins ``numpy<2`` in its
 metadata but runs on numpy 2; install it with ``pip install --no-deps error-parity`` plus
