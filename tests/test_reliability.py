@@ -195,15 +195,18 @@ def test_a_sweep_into_a_locked_folder_is_refused(csv: Path, tmp_path: Path, cach
 def test_unit_errors_name_their_data_set_from_a_worker_process() -> None:
     import pickle
 
+    import functools
+
     from fairtune.config import DataConfig
     from fairtune.data import NamedDatasetErrors
-    from fairtune.experiments import RunConfig
-    from fairtune.experiments.sweep import prepare_unit
+    from fairtune.experiments import Environment, Unit
+    from fairtune.experiments.engine import prepare_seed
 
     data = DataConfig(dataset="csv", csv="no-such.csv", target="label", sensitive="group")
-    task = pickle.loads(pickle.dumps(NamedDatasetErrors(prepare_unit, {data.model_dump_json(): "mine"})))  # as sent to a worker
+    function = functools.partial(prepare_seed, env=Environment())
+    task = pickle.loads(pickle.dumps(NamedDatasetErrors(function, {data.model_dump_json(): "mine"})))  # as sent to a worker
     with pytest.raises(DataError, match="^data set 'mine': file not found: no-such.csv$"):
-        task(RunConfig(data=data, seeds=(0,)))
+        task(Unit(data=data, method="tl", seed=0))
 
 
 def test_sweep_seed_count_must_be_positive(tmp_path: Path, cache: Path) -> None:

@@ -142,6 +142,8 @@ def _sweep(config: SweepConfig, out_dir: Path, executor: SerialExecutor | None, 
            on_unit: Callable[[Unit], None] | None) -> pd.DataFrame:
     labelled = config.labelled_units()
     units = [unit for _, _, unit in labelled]
+    # first, so that a killed sweep is recognised as this grid's and resumed
+    write_json({"sweep": config.model_dump(mode="json"), "units": len(units)}, out_dir / "sweep.json")
     store = ResultStore(out_dir / "units")
     reused = len({unit.key for unit in units if unit.key in store})
     with tqdm(total=len({unit.key for unit in units}), initial=reused, desc="sweep", unit="unit", disable=not progress) as bar:
@@ -154,7 +156,6 @@ def _sweep(config: SweepConfig, out_dir: Path, executor: SerialExecutor | None, 
         results = execute(units, Environment(cache_dir=config.cache_dir), executor=executor, store=store, on_unit=finished,
                           dataset_names=names)
     frame = pd.DataFrame([{"dataset": d, "setting": s, **result.row} for (d, s, _), result in zip(labelled, results)])
-    write_json({"sweep": config.model_dump(mode="json"), "units": len(units)}, out_dir / "sweep.json")
     write_csv(frame, out_dir / "results.csv")
     frame.attrs["reused"] = reused
     return frame
