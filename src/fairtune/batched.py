@@ -17,8 +17,10 @@ Adam with the candidate's own lr):
   the very ``addmm`` / ``mm`` calls autograd makes for ``F.linear`` (:func:`_per_candidate`);
 * the loss is each candidate's own batch mean (the gradient 1/b of ``reduction="mean"``),
   summed over candidates, whose gradients are independent;
-* Adam is ``torch.optim.Adam``'s single-tensor update written on the stacked tensors, with a
-  per-candidate step size ``lr / (1 - β1^t)`` rounded to float32 as the scalar is there.
+* the gradients are computed without autograd, by the very kernels autograd runs for one head;
+* Adam is ``torch.optim.Adam``'s single-tensor update written on one flat buffer of every
+  parameter, with a per-candidate step size ``lr / (1 - β1^t)`` rounded to float32 as the
+  scalar is there.
 
 ``tests/test_batched.py`` checks the equality with ``torch.equal``; ``benchmarks/batched.py``
 measures it on the Adult grid and times both paths.
@@ -27,7 +29,7 @@ measures it on the Adult grid and times both paths.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -84,57 +86,46 @@ def _per_candidate(rows: int, weight_shape: torch.Size) -> bool:
     return 1 in (rows, out_features, in_features) or rows * out_features * in_features < 400
 
 
-def _mm_weight_grad(grad: Tensor, h: Tensor, weight: Tensor) -> Tensor:
-    """Gradient of ``weight`` in ``F.linear(h, weight)`` computed as autograd computes it (``mm_mat2_backward``).
+def _split_forward(inputs: list[Tensor], weight: Tensor, bias: Tensor | None) -> list[Tensor]:
+    """``F.linear`` per candidate, as the ``addmm(bias, x, weight.t())`` / ``mm(x, weight.t())`` it calls."""
+    transposed = weight.transpose(1, 2).unbind(0)  # each equals weight[k].t()
+    if bias is None:
+        return [x.mm(w) for x, w in zip(inputs, transposed)]
+    return [torch.addmm(b, x, w) for x, w, b in zip(inputs, transposed, bias.unbind(0))]
 
-    ``mat2 = weight.t()``; autograd picks the product's orientation from ``mat2``'s strides,
-    and the orientation decides the BLAS call and so the rounding.
+
+def _split_backward(grad: Tensor, inputs: list[Tensor], weight: Tensor, need_input: bool) -> tuple[Tensor, list[Tensor] | None]:
+    """Per candidate, the products autograd runs for ``F.linear``'s weight and input (``mm_mat2_backward``, ``mm_mat1_backward``).
+
+    For a contiguous weight, ``weight.t()`` is column-major, so the weight's gradient is
+    ``grad.t().mm(x)``; the input's is ``grad.mm(weight)``, or ``(weight.t().mm(grad.t())).t()``
+    where the input is itself column-major (one row of one feature). Autograd picks the
+    orientation, and the orientation picks the BLAS call and its rounding.
     """
-    mat2 = weight.t()
-    if mat2.stride(0) == 1 and mat2.stride(1) == mat2.size(0):
-        return grad.t().mm(h)
-    return h.t().mm(grad).t()
+    grads_t = grad.transpose(1, 2).unbind(0)
+    weight_grad = torch.stack([g.mm(x) for g, x in zip(grads_t, inputs)])
+    if not need_input:
+        return weight_grad, None
+    input_grad = [
+        w.t().mm(g_t).t() if x.stride(0) == 1 and x.stride(1) == x.size(0) else g.mm(w)
+        for g, g_t, x, w in zip(grad.unbind(0), grads_t, inputs, weight.unbind(0))
+    ]
+    return weight_grad, input_grad
 
 
-def _mm_input_grad(grad: Tensor, h: Tensor, weight: Tensor) -> Tensor:
-    """Gradient of ``h`` in ``F.linear(h, weight)`` as autograd computes it (``mm_mat1_backward``)."""
-    if h.stride(0) == 1 and h.stride(1) == h.size(0):
-        return weight.t().mm(grad.t()).t()
-    return grad.mm(weight)
-
-
-def _forward(h: Tensor | list[Tensor], weight: Tensor, bias: Tensor | None, split: bool) -> Tensor | list[Tensor]:
-    """``F.linear`` of every candidate: ``h`` ``(K, b, in)`` (or K tensors ``(b, in)``), ``weight`` ``(K, out, in)``.
-
-    Batched: ``baddbmm`` / ``bmm``; ``split``: the ``addmm`` / ``mm`` that ``F.linear`` calls, per candidate.
-    """
-    if split:
-        inputs = h if isinstance(h, list) else list(h.unbind(0))
-        if bias is None:
-            return [x.mm(w.t()) for x, w in zip(inputs, weight.unbind(0))]
-        return [torch.addmm(b, x, w.t()) for x, w, b in zip(inputs, weight.unbind(0), bias.unbind(0))]
-    h = _stacked(h)
+def _batched_forward(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     if bias is None:
         return torch.bmm(h, weight.transpose(1, 2))
     return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
 
 
-def _backward(
-    grad: Tensor, h: Tensor | list[Tensor], weight: Tensor, split: bool, need_input: bool,
-) -> tuple[Tensor, Tensor, Tensor | list[Tensor] | None]:
-    """Gradients of one layer from the gradient of its output ``(K, b, out)``: (weight, bias, input or None).
+def _batched_backward(grad: Tensor, h: Tensor, weight: Tensor, need_input: bool) -> tuple[Tensor, Tensor | None]:
+    """Autograd's ``baddbmm`` backward: ``batch2``'s gradient ``h.transpose(1, 2).bmm(grad)``, ``batch1``'s ``grad.bmm(weight)``."""
+    return h.transpose(1, 2).bmm(grad).transpose(1, 2), grad.bmm(weight) if need_input else None
 
-    The same products autograd runs for ``baddbmm`` (batched) or ``addmm`` (per candidate).
-    """
-    bias_grad = grad.sum(1)
-    if split:
-        grads, inputs, weights = grad.unbind(0), (h if isinstance(h, list) else list(h.unbind(0))), weight.unbind(0)
-        weight_grad = torch.stack([_mm_weight_grad(g, x, w) for g, x, w in zip(grads, inputs, weights)])
-        input_grad = [_mm_input_grad(g, x, w) for g, x, w in zip(grads, inputs, weights)] if need_input else None
-        return weight_grad, bias_grad, input_grad
-    h = _stacked(h)
-    weight_grad = h.transpose(1, 2).bmm(grad).transpose(1, 2)
-    return weight_grad, bias_grad, grad.bmm(weight) if need_input else None
+
+def _as_list(h: Tensor | list[Tensor]) -> list[Tensor]:
+    return h if isinstance(h, list) else list(h.unbind(0))
 
 
 def _stacked(h: Tensor | list[Tensor]) -> Tensor:
@@ -142,49 +133,48 @@ def _stacked(h: Tensor | list[Tensor]) -> Tensor:
 
 
 def _cross_entropy_grad(logits: Tensor, targets: Tensor) -> Tensor:
-    """d/dlogits of each candidate's mean cross-entropy over its batch, ``(K, b, k)``, as ``F.cross_entropy`` gives it.
+    """d/dlogits of each candidate's mean cross-entropy over its batch, ``(K, b, k)``.
 
-    The mean's gradient 1/b is that of ``reduction="mean"``; ``log_softmax`` runs over the last
-    axis as there (over the first axis of the transposed logits is 4x faster for k = 2, but
-    rounds differently in rare rows).
+    The kernels autograd runs for ``F.cross_entropy(logits_k, y_k)`` (``reduction="mean"``):
+    the NLL's gradient is ``-1/b`` at each target (1/b divided in float32, as the mean's
+    backward does), then ``_log_softmax_backward_data``. (``log_softmax`` over the first axis of
+    the transposed logits would be 4x faster for k = 2, but rounds differently in rare rows.)
     """
     candidates, rows, classes = logits.shape
-    flat = logits.reshape(-1, classes).requires_grad_()
-    with torch.enable_grad():
-        losses = F.cross_entropy(flat, targets.reshape(-1), reduction="none")
-        (grad,) = torch.autograd.grad(losses.view(candidates, rows).mean(1).sum(), flat)
-    return grad.view(candidates, rows, classes)
+    flat = logits.reshape(-1, classes)
+    log_probs = torch._log_softmax(flat, 1, False)
+    nll_grad = torch.zeros_like(log_probs).scatter_(1, targets.reshape(-1, 1), -float(torch.ones((), dtype=flat.dtype) / rows))
+    return torch._log_softmax_backward_data(nll_grad, log_probs, 1, flat.dtype).view(candidates, rows, classes)
 
 
 @dataclass
 class _Group:
-    """Candidates of equal structure: per layer a weight ``(K, out, in)`` and bias ``(K, out)``, with Adam's moments."""
+    """Candidates of equal structure: per layer a weight ``(K, out, in)`` and a bias ``(K, out)`` or None."""
 
     members: list[tuple[int, int]]  # (set index, head index) of each candidate
     layers: list[tuple[Tensor, Tensor | None]]
-    neg_lrs: Tensor  # (K,) float64: -lr
+    lrs: Tensor  # (K,) float64
     sets: Tensor  # (K,) int64: the set (seed) each candidate trains on
-    exp_avg: list[Tensor] = field(default_factory=list)
-    exp_avg_sq: list[Tensor] = field(default_factory=list)
 
     @classmethod
     def of(cls, sets: Sequence[CandidateSet], members: list[tuple[int, int]]) -> _Group:
         chains = [head_layers(sets[i].heads[j]) for i, j in members]
         layers = []
         for position, layer in enumerate(chains[0]):
-            weight = torch.stack([chain[position].weight.detach() for chain in chains]).clone()
-            bias = None if layer.bias is None else torch.stack([chain[position].bias.detach() for chain in chains]).clone()
+            weight = torch.stack([chain[position].weight.detach() for chain in chains])
+            bias = None if layer.bias is None else torch.stack([chain[position].bias.detach() for chain in chains])
             layers.append((weight, bias))
-        group = cls(members=members, layers=layers,
-                    neg_lrs=-torch.tensor([float(sets[i].lrs[j]) for i, j in members], dtype=torch.float64),
-                    sets=torch.tensor([i for i, _ in members]))
-        group.exp_avg = [torch.zeros_like(p) for p in group.params]
-        group.exp_avg_sq = [torch.zeros_like(p) for p in group.params]
-        return group
+        return cls(members=members, layers=layers, lrs=torch.tensor([float(sets[i].lrs[j]) for i, j in members], dtype=torch.float64),
+                   sets=torch.tensor([i for i, _ in members]))
 
     @property
     def params(self) -> list[Tensor]:
         return [p for weight, bias in self.layers for p in (weight, bias) if p is not None]
+
+    def rebind(self, params: list[Tensor]) -> None:
+        """Use ``params`` (same shapes, e.g. views of one flat buffer) as the parameters."""
+        it = iter(params)
+        self.layers = [(next(it), None if bias is None else next(it)) for _, bias in self.layers]
 
     def inputs(self, xs: Tensor, split: bool) -> Tensor | list[Tensor]:
         """Each candidate's batch of its own set: K tensors ``(b, d)`` or ``(K, b, d)`` (a view if one set)."""
@@ -201,32 +191,25 @@ class _Group:
         h = self.inputs(xs, splits[0])
         kept = []
         for (weight, bias), split in zip(self.layers, splits):
+            h = _as_list(h) if split else _stacked(h)
             kept.append(h)
-            h = _forward(h, weight, bias, split)
+            h = _split_forward(h, weight, bias) if split else _batched_forward(h, weight, bias)
         return _stacked(h), kept
 
     def gradients(self, grad: Tensor, kept: list[Tensor | list[Tensor]]) -> list[Tensor]:
-        """Gradients of ``self.params`` from the logits' gradient ``(K, b, k)``."""
-        splits = self.splits(grad.shape[1])
+        """Gradients of ``self.params`` from the logits' gradient ``(K, b, k)``, in the order of ``params``."""
         grads: list[Tensor] = []
         for position in reversed(range(len(self.layers))):
             weight, bias = self.layers[position]
-            weight_grad, bias_grad, input_grad = _backward(grad, kept[position], weight, splits[position], position > 0)
-            grads = [weight_grad] + ([bias_grad] if bias is not None else []) + grads
+            h, need_input = kept[position], position > 0
+            if isinstance(h, list):
+                weight_grad, input_grad = _split_backward(grad, h, weight, need_input)
+            else:
+                weight_grad, input_grad = _batched_backward(grad, h, weight, need_input)
+            grads = [weight_grad] + ([] if bias is None else [grad.sum(1)]) + grads
             if input_grad is not None:
                 grad = _stacked(input_grad)
         return grads
-
-    def adam_step(self, grads: list[Tensor], step: int) -> None:
-        """``torch.optim.Adam``'s single-tensor update (amsgrad off, no weight decay) of every candidate at once."""
-        bias_correction1 = 1 - BETA1**step
-        bias_correction2_sqrt = (1 - BETA2**step) ** 0.5
-        neg_step_size = (self.neg_lrs / bias_correction1).float()  # the scalar ``value=-step_size`` in float32
-        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
-            m.lerp_(g, 1 - BETA1)
-            v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
-            denom = (v.sqrt() / bias_correction2_sqrt).add_(EPS)
-            p.add_(neg_step_size.view(-1, *[1] * (p.dim() - 1)) * m / denom)
 
     def write_back(self, sets: Sequence[CandidateSet]) -> None:
         """Copy each candidate's slice into its head's parameters."""
@@ -234,6 +217,44 @@ class _Group:
             targets = [t for layer in head_layers(sets[i].heads[j]) for t in (layer.weight, layer.bias) if t is not None]
             for target, p in zip(targets, self.params):
                 target.copy_(p[k])
+
+
+class _FlatAdam:
+    """``torch.optim.Adam``'s single-tensor update (amsgrad off, no weight decay) on one flat buffer of every parameter.
+
+    Elementwise, so one buffer gives each element the arithmetic it gets in its own tensor;
+    the step size ``lr / (1 - β1^t)`` is per element (per candidate), rounded to float32 as
+    the scalar ``value=-step_size`` of ``addcdiv_`` is.
+    """
+
+    def __init__(self, groups: list[_Group]) -> None:
+        params = [p for group in groups for p in group.params]
+        self.flat = torch.cat([p.reshape(-1) for p in params])
+        self.grad = torch.empty_like(self.flat)
+        self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
+        self.neg_lrs = -torch.cat([group.lrs.repeat_interleave(p[0].numel()) for group in groups for p in group.params])
+        self.param_views, self.grad_views = self._views(self.flat, params), self._views(self.grad, params)
+        it = iter(self.param_views)
+        for group in groups:
+            group.rebind([next(it) for _ in group.params])
+        self.steps = 0
+
+    @staticmethod
+    def _views(buffer: Tensor, like: list[Tensor]) -> list[Tensor]:
+        return [chunk.view(p.shape) for chunk, p in zip(buffer.split([p.numel() for p in like]), like)]
+
+    def step(self, grads: list[Tensor]) -> None:
+        """One step with ``grads`` in the order of the groups' ``params``."""
+        for view, g in zip(self.grad_views, grads):
+            view.copy_(g)
+        self.steps += 1
+        bias_correction1 = 1 - BETA1**self.steps
+        bias_correction2_sqrt = (1 - BETA2**self.steps) ** 0.5
+        neg_step_size = (self.neg_lrs / bias_correction1).float()
+        self.exp_avg.lerp_(self.grad, 1 - BETA1)
+        self.exp_avg_sq.mul_(BETA2).addcmul_(self.grad, self.grad, value=1 - BETA2)
+        denom = (self.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(EPS)
+        self.flat.add_(neg_step_size * self.exp_avg / denom)
 
 
 def group_candidates(sets: Sequence[CandidateSet]) -> list[list[tuple[int, int]]]:
@@ -245,15 +266,14 @@ def group_candidates(sets: Sequence[CandidateSet]) -> list[list[tuple[int, int]]
     return list(groups.values())
 
 
-def _train_step(groups: list[_Group], xs: Tensor, ys: Tensor, step: int) -> None:
+def _train_step(groups: list[_Group], optimizer: _FlatAdam, xs: Tensor, ys: Tensor) -> None:
     """One Adam step of every candidate on its set's batch: ``xs`` ``(S, b, d)``, ``ys`` ``(S, b)``."""
     outputs = [group.forward(xs) for group in groups]
-    logits = torch.cat([out for out, _ in outputs])
     sets = torch.cat([group.sets for group in groups])
     targets = ys.expand(len(sets), -1) if len(ys) == 1 else ys.index_select(0, sets)
-    grad = _cross_entropy_grad(logits, targets)
-    for group, (_, kept), group_grad in zip(groups, outputs, grad.split([len(g.members) for g in groups])):
-        group.adam_step(group.gradients(group_grad, kept), step)
+    grad = _cross_entropy_grad(torch.cat([logits for logits, _ in outputs]), targets)
+    grads = grad.split([len(group.members) for group in groups])
+    optimizer.step([g for group, (_, kept), group_grad in zip(groups, outputs, grads) for g in group.gradients(group_grad, kept)])
 
 
 @torch.no_grad()
@@ -278,18 +298,18 @@ def train_candidate_sets(
     if len({len(s.train) for s in sets}) != 1:
         raise ValueError(f"the sets' training splits differ in length ({sorted({len(s.train) for s in sets})}); train them separately")
     groups = [_Group.of(sets, members) for members in group_candidates(sets)]
+    optimizer = _FlatAdam(groups)
     generators = [torch.Generator().manual_seed(s.seed) for s in sets]
     heads = [list(s.heads) for s in sets]
-    n, step = len(sets[0].train), 0
+    n = len(sets[0].train)
     with intra_op_threads(1):
         for epoch in range(1, epochs + 1):
             orders = [torch.randperm(n, generator=g) for g in generators]
             for start in range(0, n, batch_size):
                 indices = [order[start:start + batch_size] for order in orders]
-                xs = torch.stack([s.train.x[idx] for s, idx in zip(sets, indices)])
-                ys = torch.stack([s.train.y[idx] for s, idx in zip(sets, indices)])
-                step += 1
-                _train_step(groups, xs, ys, step)
+                xs = torch.stack([s.train.x.index_select(0, idx) for s, idx in zip(sets, indices)])
+                ys = torch.stack([s.train.y.index_select(0, idx) for s, idx in zip(sets, indices)])
+                _train_step(groups, optimizer, xs, ys)
             if epoch in checkpoints or epoch == epochs:
                 for group in groups:
                     group.write_back(sets)
