@@ -15,9 +15,8 @@ Adam with the candidate's own lr):
   gemm per candidate as ``F.linear`` does on one head, *except* for tiny products and where a
   dimension is 1 (rank 1, a batch of one row): those layers run candidate by candidate, with
   the very ``addmm`` / ``mm`` calls autograd makes for ``F.linear`` (:func:`_per_candidate`);
-* the loss is each candidate's own batch mean (the gradient 1/b of ``reduction="mean"``),
-  summed over candidates, whose gradients are independent;
-* the gradients are computed without autograd, by the very kernels autograd runs for one head;
+* the gradients are computed without autograd, by the very kernels autograd runs for one head
+  (cross-entropy with ``reduction="mean"`` per candidate, then the products of ``F.linear``);
 * Adam is ``torch.optim.Adam``'s single-tensor update written on one flat buffer of every
   parameter, with a per-candidate step size ``lr / (1 - β1^t)`` rounded to float32 as the
   scalar is there.
@@ -34,7 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from .factorization import FactorizedLinear
 from .training import TrainingData, intra_op_threads
@@ -86,42 +84,38 @@ def _per_candidate(rows: int, weight_shape: torch.Size) -> bool:
     return 1 in (rows, out_features, in_features) or rows * out_features * in_features < 400
 
 
-def _split_forward(inputs: list[Tensor], weight: Tensor, bias: Tensor | None) -> list[Tensor]:
-    """``F.linear`` per candidate, as the ``addmm(bias, x, weight.t())`` / ``mm(x, weight.t())`` it calls."""
-    transposed = weight.transpose(1, 2).unbind(0)  # each equals weight[k].t()
-    if bias is None:
-        return [x.mm(w) for x, w in zip(inputs, transposed)]
-    return [torch.addmm(b, x, w) for x, w, b in zip(inputs, transposed, bias.unbind(0))]
+#: Floats per 64 bytes: torch's CPU allocator aligns to 64 bytes, and so must every candidate's slice.
+ALIGN = 16
 
 
-def _split_backward(grad: Tensor, inputs: list[Tensor], weight: Tensor, need_input: bool) -> tuple[Tensor, list[Tensor] | None]:
-    """Per candidate, the products autograd runs for ``F.linear``'s weight and input (``mm_mat2_backward``, ``mm_mat1_backward``).
+def _padded(numel: int) -> int:
+    return -(-numel // ALIGN) * ALIGN
 
-    For a contiguous weight, ``weight.t()`` is column-major, so the weight's gradient is
-    ``grad.t().mm(x)``; the input's is ``grad.mm(weight)``, or ``(weight.t().mm(grad.t())).t()``
-    where the input is itself column-major (one row of one feature). Autograd picks the
-    orientation, and the orientation picks the BLAS call and its rounding.
+
+def _aligned_views(buffer: Tensor, shapes: list[tuple[int, ...]]) -> list[Tensor]:
+    """Views of a 64-byte aligned ``buffer``: per shape ``(K, *item)``, each of the K items starting on 64 bytes.
+
+    BLAS's matrix-vector kernels (the per-candidate path) sum in an order that depends on the
+    addresses' alignment; the serial loop hands them freshly allocated, aligned tensors.
     """
-    grads_t = grad.transpose(1, 2).unbind(0)
-    weight_grad = torch.stack([g.mm(x) for g, x in zip(grads_t, inputs)])
-    if not need_input:
-        return weight_grad, None
-    input_grad = [
-        w.t().mm(g_t).t() if x.stride(0) == 1 and x.stride(1) == x.size(0) else g.mm(w)
-        for g, g_t, x, w in zip(grad.unbind(0), grads_t, inputs, weight.unbind(0))
-    ]
-    return weight_grad, input_grad
+    views, offset = [], 0
+    for shape in shapes:
+        count, item = shape[0], int(np.prod(shape[1:]))
+        block = buffer[offset:offset + count * _padded(item)].view(count, _padded(item))
+        views.append(block[:, :item].view(shape))
+        offset += count * _padded(item)
+    return views
 
 
-def _batched_forward(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    if bias is None:
-        return torch.bmm(h, weight.transpose(1, 2))
-    return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+def _aligned_buffer(shapes: list[tuple[int, ...]]) -> Tensor:
+    return torch.zeros(sum(shape[0] * _padded(int(np.prod(shape[1:]))) for shape in shapes))
 
 
-def _batched_backward(grad: Tensor, h: Tensor, weight: Tensor, need_input: bool) -> tuple[Tensor, Tensor | None]:
-    """Autograd's ``baddbmm`` backward: ``batch2``'s gradient ``h.transpose(1, 2).bmm(grad)``, ``batch1``'s ``grad.bmm(weight)``."""
-    return h.transpose(1, 2).bmm(grad).transpose(1, 2), grad.bmm(weight) if need_input else None
+def _aligned_stack(tensors: list[Tensor]) -> Tensor:
+    """``torch.stack(tensors)`` with every item 64-byte aligned."""
+    shape = (len(tensors), *tensors[0].shape)
+    (out,) = _aligned_views(_aligned_buffer([shape]), [shape])
+    return out.copy_(torch.stack(tensors))
 
 
 def _as_list(h: Tensor | list[Tensor]) -> list[Tensor]:
@@ -132,84 +126,124 @@ def _stacked(h: Tensor | list[Tensor]) -> Tensor:
     return torch.stack(h) if isinstance(h, list) else h
 
 
-def _cross_entropy_grad(logits: Tensor, targets: Tensor) -> Tensor:
-    """d/dlogits of each candidate's mean cross-entropy over its batch, ``(K, b, k)``.
+@dataclass
+class _Layer:
+    """One linear layer of K candidates: weight ``(K, out, in)``, bias ``(K, out)`` or None, and where their gradients go.
 
-    The kernels autograd runs for ``F.cross_entropy(logits_k, y_k)`` (``reduction="mean"``):
-    the NLL's gradient is ``-1/b`` at each target (1/b divided in float32, as the mean's
-    backward does), then ``_log_softmax_backward_data``. (``log_softmax`` over the first axis of
-    the transposed logits would be 4x faster for k = 2, but rounds differently in rare rows.)
+    ``weight``, ``bias`` and the gradients are views of the optimizer's flat buffers once
+    :class:`_FlatAdam` has bound them; the per-candidate views are made once, not per step.
     """
-    candidates, rows, classes = logits.shape
-    flat = logits.reshape(-1, classes)
-    log_probs = torch._log_softmax(flat, 1, False)
-    nll_grad = torch.zeros_like(log_probs).scatter_(1, targets.reshape(-1, 1), -float(torch.ones((), dtype=flat.dtype) / rows))
-    return torch._log_softmax_backward_data(nll_grad, log_probs, 1, flat.dtype).view(candidates, rows, classes)
+
+    weight: Tensor
+    bias: Tensor | None
+    weight_grad: Tensor | None = None
+    bias_grad: Tensor | None = None
+
+    def bind(self, weight: Tensor, bias: Tensor | None, weight_grad: Tensor, bias_grad: Tensor | None) -> None:
+        self.weight, self.bias, self.weight_grad, self.bias_grad = weight, bias, weight_grad, bias_grad
+        self.weights = list(weight.unbind(0))
+        self.transposed = list(weight.transpose(1, 2).unbind(0))  # each equals weights[k].t()
+        self.biases = None if bias is None else list(bias.unbind(0))
+        self.weight_grads = list(weight_grad.unbind(0))
+
+    def forward(self, h: Tensor | list[Tensor], split: bool, out: Tensor | None = None, outs: list[Tensor] | None = None) -> Tensor | list[Tensor]:
+        """``F.linear`` of every candidate (into ``out`` / ``outs`` if given).
+
+        Batched: ``baddbmm`` / ``bmm``. ``split``: per candidate the ``addmm(bias, x, weight.t())``
+        or ``mm(x, weight.t())`` that ``F.linear`` calls.
+        """
+        if not split:
+            h = _stacked(h)
+            if self.bias is None:
+                return torch.bmm(h, self.weight.transpose(1, 2), out=out)
+            return torch.baddbmm(self.bias.unsqueeze(1), h, self.weight.transpose(1, 2), out=out)
+        h = _as_list(h)
+        outs = outs or [None] * len(h)
+        weights = self.transposed if hasattr(self, "transposed") else list(self.weight.transpose(1, 2).unbind(0))
+        if self.bias is None:
+            return [torch.mm(x, w, out=o) for x, w, o in zip(h, weights, outs)]
+        biases = self.biases if hasattr(self, "biases") else list(self.bias.unbind(0))
+        return [torch.addmm(b, x, w, out=o) for x, w, b, o in zip(h, weights, biases, outs)]
+
+    def backward(self, grad: Tensor | list[Tensor], grads_t: list[Tensor] | None, h: Tensor | list[Tensor], need_input: bool) -> Tensor | list[Tensor] | None:
+        """Write this layer's gradients from its output's gradient; return its input's gradient if needed.
+
+        The products are those autograd runs: for ``baddbmm``, ``h.transpose(1, 2).bmm(grad)`` and
+        ``grad.bmm(weight)``; for ``F.linear`` on one head (``mm_mat2_backward`` /
+        ``mm_mat1_backward``), ``grad.t().mm(x)`` (``weight.t()`` is column-major) and
+        ``grad.mm(weight)``, or ``weight.t().mm(grad.t()).t()`` where ``x`` is column-major (one
+        row of one feature). The orientation picks the BLAS call, and so the rounding.
+        """
+        if self.bias is not None:
+            torch.sum(_stacked(grad), 1, out=self.bias_grad)
+        if not isinstance(h, list):
+            grad = _stacked(grad)
+            self.weight_grad.copy_(h.transpose(1, 2).bmm(grad).transpose(1, 2))
+            return grad.bmm(self.weight) if need_input else None
+        grads = _as_list(grad)
+        grads_t = grads_t or [g.t() for g in grads]
+        for g_t, x, out in zip(grads_t, h, self.weight_grads):
+            torch.mm(g_t, x, out=out)
+        if not need_input:
+            return None
+        return [w.t().mm(g_t).t() if x.stride(0) == 1 and x.stride(1) == x.size(0) else g.mm(w)
+                for g, g_t, x, w in zip(grads, grads_t, h, self.weights)]
 
 
 @dataclass
 class _Group:
-    """Candidates of equal structure: per layer a weight ``(K, out, in)`` and a bias ``(K, out)`` or None."""
+    """Candidates of equal structure, one :class:`_Layer` per linear map of the head."""
 
     members: list[tuple[int, int]]  # (set index, head index) of each candidate
-    layers: list[tuple[Tensor, Tensor | None]]
+    layers: list[_Layer]
     lrs: Tensor  # (K,) float64
     sets: Tensor  # (K,) int64: the set (seed) each candidate trains on
 
     @classmethod
     def of(cls, sets: Sequence[CandidateSet], members: list[tuple[int, int]]) -> _Group:
         chains = [head_layers(sets[i].heads[j]) for i, j in members]
-        layers = []
-        for position, layer in enumerate(chains[0]):
-            weight = torch.stack([chain[position].weight.detach() for chain in chains])
-            bias = None if layer.bias is None else torch.stack([chain[position].bias.detach() for chain in chains])
-            layers.append((weight, bias))
+        layers = [
+            _Layer(_aligned_stack([chain[p].weight.detach() for chain in chains]),
+                   None if layer.bias is None else _aligned_stack([chain[p].bias.detach() for chain in chains]))
+            for p, layer in enumerate(chains[0])
+        ]
         return cls(members=members, layers=layers, lrs=torch.tensor([float(sets[i].lrs[j]) for i, j in members], dtype=torch.float64),
                    sets=torch.tensor([i for i, _ in members]))
 
     @property
     def params(self) -> list[Tensor]:
-        return [p for weight, bias in self.layers for p in (weight, bias) if p is not None]
+        return [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
 
-    def rebind(self, params: list[Tensor]) -> None:
-        """Use ``params`` (same shapes, e.g. views of one flat buffer) as the parameters."""
-        it = iter(params)
-        self.layers = [(next(it), None if bias is None else next(it)) for _, bias in self.layers]
-
-    def inputs(self, xs: Tensor, split: bool) -> Tensor | list[Tensor]:
+    def inputs(self, xs: Tensor, per_set: list[Tensor], split: bool) -> Tensor | list[Tensor]:
         """Each candidate's batch of its own set: K tensors ``(b, d)`` or ``(K, b, d)`` (a view if one set)."""
         if split:
-            return [xs[i] for i in self.sets.tolist()]
+            return [per_set[i] for i in self.sets.tolist()]
         return xs.expand(len(self.members), *xs.shape[1:]) if len(xs) == 1 else xs.index_select(0, self.sets)
 
     def splits(self, rows: int) -> list[bool]:
-        return [_per_candidate(rows, weight.shape[1:]) for weight, _ in self.layers]
+        return [_per_candidate(rows, layer.weight.shape[1:]) for layer in self.layers]
 
-    def forward(self, xs: Tensor) -> tuple[Tensor, list[Tensor | list[Tensor]]]:
-        """Logits ``(K, b, k)`` on ``xs`` ``(S, b, d)``, and each layer's input (kept for the backward pass)."""
+    def forward(self, xs: Tensor, per_set: list[Tensor], out: Tensor | None = None, outs: list[Tensor] | None = None) -> list[Tensor | list[Tensor]]:
+        """Logits on ``xs`` ``(S, b, d)`` into ``out`` ``(K, b, k)`` (per candidate ``outs``); returns each layer's input."""
         splits = self.splits(xs.shape[1])
-        h = self.inputs(xs, splits[0])
+        h = self.inputs(xs, per_set, splits[0])
         kept = []
-        for (weight, bias), split in zip(self.layers, splits):
+        for position, (layer, split) in enumerate(zip(self.layers, splits)):
             h = _as_list(h) if split else _stacked(h)
             kept.append(h)
-            h = _split_forward(h, weight, bias) if split else _batched_forward(h, weight, bias)
-        return _stacked(h), kept
+            last = position == len(self.layers) - 1
+            h = layer.forward(h, split, out=out if last else None, outs=outs if last else None)
+        if isinstance(h, list) and out is not None and outs is None:
+            torch.stack(h, out=out)
+        return kept
 
-    def gradients(self, grad: Tensor, kept: list[Tensor | list[Tensor]]) -> list[Tensor]:
-        """Gradients of ``self.params`` from the logits' gradient ``(K, b, k)``, in the order of ``params``."""
-        grads: list[Tensor] = []
+    def backward(self, grad: Tensor, grads: list[Tensor], grads_t: list[Tensor], kept: list[Tensor | list[Tensor]]) -> None:
+        """Every layer's gradients from the logits' gradient ``grad`` ``(K, b, k)`` (and its per-candidate views)."""
+        current: Tensor | list[Tensor] = grads if isinstance(kept[-1], list) else grad
+        current_t: list[Tensor] | None = grads_t
         for position in reversed(range(len(self.layers))):
-            weight, bias = self.layers[position]
-            h, need_input = kept[position], position > 0
-            if isinstance(h, list):
-                weight_grad, input_grad = _split_backward(grad, h, weight, need_input)
-            else:
-                weight_grad, input_grad = _batched_backward(grad, h, weight, need_input)
-            grads = [weight_grad] + ([] if bias is None else [grad.sum(1)]) + grads
-            if input_grad is not None:
-                grad = _stacked(input_grad)
-        return grads
+            current = self.layers[position].backward(current, current_t, kept[position], position > 0)
+            current_t = None
 
     def write_back(self, sets: Sequence[CandidateSet]) -> None:
         """Copy each candidate's slice into its head's parameters."""
@@ -224,29 +258,29 @@ class _FlatAdam:
 
     Elementwise, so one buffer gives each element the arithmetic it gets in its own tensor;
     the step size ``lr / (1 - β1^t)`` is per element (per candidate), rounded to float32 as
-    the scalar ``value=-step_size`` of ``addcdiv_`` is.
+    the scalar ``value=-step_size`` of ``addcdiv_`` is. The groups' layers are bound to
+    aligned views of the parameter and gradient buffers; the padding between them has zero
+    gradients and stays zero.
     """
 
     def __init__(self, groups: list[_Group]) -> None:
         params = [p for group in groups for p in group.params]
-        self.flat = torch.cat([p.reshape(-1) for p in params])
-        self.grad = torch.empty_like(self.flat)
+        shapes = [tuple(p.shape) for p in params]
+        self.flat, self.grad = _aligned_buffer(shapes), _aligned_buffer(shapes)
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
-        self.neg_lrs = -torch.cat([group.lrs.repeat_interleave(p[0].numel()) for group in groups for p in group.params])
-        self.param_views, self.grad_views = self._views(self.flat, params), self._views(self.grad, params)
-        it = iter(self.param_views)
+        self.neg_lrs = -torch.cat([group.lrs.repeat_interleave(_padded(p[0].numel())) for group in groups for p in group.params])
+        param_views, grad_views = _aligned_views(self.flat, shapes), _aligned_views(self.grad, shapes)
+        for view, p in zip(param_views, params):
+            view.copy_(p)
+        param_views, grad_views = iter(param_views), iter(grad_views)
         for group in groups:
-            group.rebind([next(it) for _ in group.params])
+            for layer in group.layers:
+                has_bias = layer.bias is not None
+                layer.bind(next(param_views), next(param_views) if has_bias else None, next(grad_views), next(grad_views) if has_bias else None)
         self.steps = 0
 
-    @staticmethod
-    def _views(buffer: Tensor, like: list[Tensor]) -> list[Tensor]:
-        return [chunk.view(p.shape) for chunk, p in zip(buffer.split([p.numel() for p in like]), like)]
-
-    def step(self, grads: list[Tensor]) -> None:
-        """One step with ``grads`` in the order of the groups' ``params``."""
-        for view, g in zip(self.grad_views, grads):
-            view.copy_(g)
+    def step(self) -> None:
+        """One step with the gradients the layers wrote into ``self.grad``."""
         self.steps += 1
         bias_correction1 = 1 - BETA1**self.steps
         bias_correction2_sqrt = (1 - BETA2**self.steps) ** 0.5
@@ -255,6 +289,34 @@ class _FlatAdam:
         self.exp_avg_sq.mul_(BETA2).addcmul_(self.grad, self.grad, value=1 - BETA2)
         denom = (self.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(EPS)
         self.flat.add_(neg_step_size * self.exp_avg / denom)
+
+
+class _Workspace:
+    """Buffers for batches of ``rows`` rows: every candidate's logits and their gradient, with aligned per-candidate views."""
+
+    def __init__(self, groups: list[_Group], rows: int, classes: int) -> None:
+        sizes = [len(group.members) for group in groups]
+        shape = (sum(sizes), rows, classes)
+        self.logits, self.grad = (_aligned_views(_aligned_buffer([shape]), [shape])[0] for _ in range(2))
+        self.nll_grad_output = torch.ones(shape[0] * rows) / rows  # the mean's backward: 1/b, divided in float32
+        self.sets = torch.cat([group.sets for group in groups])
+        bounds = np.cumsum([0, *sizes])
+        self.slices = [(self.logits[a:b], self.grad[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.views = [(list(logits.unbind(0)), list(grad.unbind(0)), list(grad.transpose(1, 2).unbind(0))) for logits, grad in self.slices]
+
+    def cross_entropy_grad(self, targets: Tensor) -> None:
+        """d/dlogits of each candidate's mean cross-entropy over its batch, into ``self.grad``.
+
+        The kernels autograd runs for ``F.cross_entropy(logits_k, y_k)``: ``nll_loss_backward``
+        (``-1/b`` at each target) and ``_log_softmax_backward_data``. (``log_softmax`` over the
+        first axis of the transposed logits would be 4x faster for k = 2, but rounds
+        differently in rare rows.)
+        """
+        classes = self.logits.shape[-1]
+        flat = self.logits.reshape(-1, classes)
+        log_probs = torch._log_softmax(flat, 1, False)
+        nll_grad = torch.ops.aten.nll_loss_backward(self.nll_grad_output, log_probs, targets.reshape(-1), None, 0, -100, torch.ones(()))
+        self.grad.copy_(torch._log_softmax_backward_data(nll_grad, log_probs, 1, flat.dtype).view(self.grad.shape))
 
 
 def group_candidates(sets: Sequence[CandidateSet]) -> list[list[tuple[int, int]]]:
@@ -266,14 +328,15 @@ def group_candidates(sets: Sequence[CandidateSet]) -> list[list[tuple[int, int]]
     return list(groups.values())
 
 
-def _train_step(groups: list[_Group], optimizer: _FlatAdam, xs: Tensor, ys: Tensor) -> None:
-    """One Adam step of every candidate on its set's batch: ``xs`` ``(S, b, d)``, ``ys`` ``(S, b)``."""
-    outputs = [group.forward(xs) for group in groups]
-    sets = torch.cat([group.sets for group in groups])
-    targets = ys.expand(len(sets), -1) if len(ys) == 1 else ys.index_select(0, sets)
-    grad = _cross_entropy_grad(torch.cat([logits for logits, _ in outputs]), targets)
-    grads = grad.split([len(group.members) for group in groups])
-    optimizer.step([g for group, (_, kept), group_grad in zip(groups, outputs, grads) for g in group.gradients(group_grad, kept)])
+def _train_step(groups: list[_Group], optimizer: _FlatAdam, workspace: _Workspace, per_set: list[Tensor], ys: Tensor) -> None:
+    """One Adam step of every candidate on its set's batch: ``per_set[i]`` ``(b, d)``, ``ys`` ``(S, b)``."""
+    xs = torch.stack(per_set)
+    kept = [group.forward(xs, per_set, out=logits, outs=views[0] if group.splits(xs.shape[1])[-1] else None)
+            for group, (logits, _), views in zip(groups, workspace.slices, workspace.views)]
+    workspace.cross_entropy_grad(ys.expand(len(workspace.sets), -1) if len(ys) == 1 else ys.index_select(0, workspace.sets))
+    for group, (_, grad), (_, grads, grads_t), group_kept in zip(groups, workspace.slices, workspace.views, kept):
+        group.backward(grad, grads, grads_t, group_kept)
+    optimizer.step()
 
 
 @torch.no_grad()
@@ -299,6 +362,7 @@ def train_candidate_sets(
         raise ValueError(f"the sets' training splits differ in length ({sorted({len(s.train) for s in sets})}); train them separately")
     groups = [_Group.of(sets, members) for members in group_candidates(sets)]
     optimizer = _FlatAdam(groups)
+    workspaces: dict[int, _Workspace] = {}
     generators = [torch.Generator().manual_seed(s.seed) for s in sets]
     heads = [list(s.heads) for s in sets]
     n = len(sets[0].train)
@@ -307,9 +371,12 @@ def train_candidate_sets(
             orders = [torch.randperm(n, generator=g) for g in generators]
             for start in range(0, n, batch_size):
                 indices = [order[start:start + batch_size] for order in orders]
-                xs = torch.stack([s.train.x.index_select(0, idx) for s, idx in zip(sets, indices)])
+                per_set = [s.train.x.index_select(0, idx) for s, idx in zip(sets, indices)]  # fresh, aligned
                 ys = torch.stack([s.train.y.index_select(0, idx) for s, idx in zip(sets, indices)])
-                _train_step(groups, optimizer, xs, ys)
+                rows = len(indices[0])
+                if rows not in workspaces:
+                    workspaces[rows] = _Workspace(groups, rows, groups[0].layers[-1].weight.shape[1])
+                _train_step(groups, optimizer, workspaces[rows], per_set, ys)
             if epoch in checkpoints or epoch == epochs:
                 for group in groups:
                     group.write_back(sets)
@@ -356,6 +423,7 @@ def predict_candidates(heads: Sequence[nn.Module], x: Tensor, batch_size: int = 
             rows = [j for _, j in members]
             for start in range(0, len(x), batch_size):
                 chunk = x[start:start + batch_size].float()
-                logits, _ = group.forward(chunk[None])
+                logits = torch.empty(len(members), len(chunk), group.layers[-1].weight.shape[1])
+                group.forward(chunk[None], [chunk], out=logits)
                 out[rows, start:start + len(chunk)] = (logits.softmax(dim=-1)[..., 1] > 0.5).numpy()
     return out
