@@ -192,3 +192,26 @@ def test_same_selection_and_test_predictions_as_serial(dataset: str, seeds: tupl
             params_b, epoch_b, test_labels_b = selected(got, data["val"], method)
             assert (params, epoch) == (params_b, epoch_b)
             assert np.array_equal(test_labels, test_labels_b)
+
+
+def test_alignment_padding_stays_zero() -> None:
+    """Each candidate's slice of the flat buffers starts on 64 bytes; the zeros between slices get zero gradients and stay zero."""
+    from fairtune.batched import _aligned_views, _FlatAdam, _Group, _train_step, _Workspace, group_candidates
+
+    train = generated_data(64, 6, seed=4)
+    heads, lrs = candidate_heads(6, seed=4)  # 6 + 2, 1·6 + 2 + 2, ... floats per candidate: padded to 16
+    sets = [CandidateSet(heads, lrs, train, 0)]
+    groups = [_Group.of(sets, members) for members in group_candidates(sets)]
+    optimizer = _FlatAdam(groups)
+    params = [p for group in groups for p in group.params]
+    assert all(q.data_ptr() % 64 == 0 for p in params for q in p.unbind(0))
+    marker = torch.zeros_like(optimizer.flat)
+    for view in _aligned_views(marker, [tuple(p.shape) for p in params]):
+        view.fill_(1)
+    used = marker.bool()
+    assert not used.all()
+    for _ in range(5):
+        idx = torch.randperm(64)[:16]
+        _train_step(groups, optimizer, _Workspace(groups, 16, 2), [train.x[idx]], train.y[idx][None])
+    assert optimizer.grad[~used].eq(0).all() and optimizer.flat[~used].eq(0).all()
+    assert optimizer.flat[used].ne(0).any()

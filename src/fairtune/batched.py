@@ -40,6 +40,7 @@ from .training import TrainingData, intra_op_threads
 #: torch.optim.Adam's defaults, which ``train_classifier`` uses.
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 
+
 @dataclass(frozen=True)
 class CandidateSet:
     """Heads that share one training split and one batch order: one seed's candidates.
@@ -139,12 +140,16 @@ class _Layer:
     weight_grad: Tensor | None = None
     bias_grad: Tensor | None = None
 
+    def __post_init__(self) -> None:
+        self.weights = list(self.weight.unbind(0))
+        self.transposed = list(self.weight.transpose(1, 2).unbind(0))  # each equals weights[k].t()
+        self.biases = None if self.bias is None else list(self.bias.unbind(0))
+        self.weight_grads = [] if self.weight_grad is None else list(self.weight_grad.unbind(0))
+
     def bind(self, weight: Tensor, bias: Tensor | None, weight_grad: Tensor, bias_grad: Tensor | None) -> None:
+        """Use these tensors (views of the optimizer's buffers) from now on."""
         self.weight, self.bias, self.weight_grad, self.bias_grad = weight, bias, weight_grad, bias_grad
-        self.weights = list(weight.unbind(0))
-        self.transposed = list(weight.transpose(1, 2).unbind(0))  # each equals weights[k].t()
-        self.biases = None if bias is None else list(bias.unbind(0))
-        self.weight_grads = list(weight_grad.unbind(0))
+        self.__post_init__()
 
     def forward(self, h: Tensor | list[Tensor], split: bool, out: Tensor | None = None, outs: list[Tensor] | None = None) -> Tensor | list[Tensor]:
         """``F.linear`` of every candidate (into ``out`` / ``outs`` if given).
@@ -159,11 +164,9 @@ class _Layer:
             return torch.baddbmm(self.bias.unsqueeze(1), h, self.weight.transpose(1, 2), out=out)
         h = _as_list(h)
         outs = outs or [None] * len(h)
-        weights = self.transposed if hasattr(self, "transposed") else list(self.weight.transpose(1, 2).unbind(0))
-        if self.bias is None:
-            return [torch.mm(x, w, out=o) for x, w, o in zip(h, weights, outs)]
-        biases = self.biases if hasattr(self, "biases") else list(self.bias.unbind(0))
-        return [torch.addmm(b, x, w, out=o) for x, w, b, o in zip(h, weights, biases, outs)]
+        if self.biases is None:
+            return [torch.mm(x, w, out=o) for x, w, o in zip(h, self.transposed, outs)]
+        return [torch.addmm(b, x, w, out=o) for x, w, b, o in zip(h, self.transposed, self.biases, outs)]
 
     def backward(self, grad: Tensor | list[Tensor], grads_t: list[Tensor] | None, h: Tensor | list[Tensor], need_input: bool) -> Tensor | list[Tensor] | None:
         """Write this layer's gradients from its output's gradient; return its input's gradient if needed.
@@ -246,8 +249,9 @@ class _Group:
             current_t = None
 
     def write_back(self, sets: Sequence[CandidateSet]) -> None:
-        """Copy each candidate's slice into its head's parameters."""
+        """Copy each candidate's slice into its head's parameters; the head in eval mode, as ``train_classifier`` leaves it."""
         for k, (i, j) in enumerate(self.members):
+            sets[i].heads[j].eval()
             targets = [t for layer in head_layers(sets[i].heads[j]) for t in (layer.weight, layer.bias) if t is not None]
             for target, p in zip(targets, self.params):
                 target.copy_(p[k])
@@ -353,7 +357,7 @@ def train_candidate_sets(
     All sets need training splits of the same length (their batches then line up); set ``i``
     draws its batches from ``torch.Generator().manual_seed(sets[i].seed)``. Every parameter of
     every head is trained (as ``FineTuningMethod.fit`` does); no weight decay, no penalty.
-    The heads are updated in place. After each epoch in ``checkpoints`` (counting from 1)
+    The heads are updated in place (and left in eval mode). After each epoch in ``checkpoints`` (counting from 1)
     ``on_checkpoint(epoch, heads)`` sees them, ``heads[i][j]`` being head ``j`` of set ``i``
     (the same objects, updated again later, like ``train_classifier``'s ``on_epoch``).
     Returns the heads.
