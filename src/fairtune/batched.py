@@ -57,6 +57,8 @@ class CandidateSet:
     def __post_init__(self) -> None:
         if len(self.heads) != len(self.lrs) or not self.heads:
             raise ValueError(f"need one learning rate per head and at least one head, got {len(self.heads)} heads and {len(self.lrs)} lrs")
+        if self.train.x.dtype != torch.float32 or self.train.x.device.type != "cpu":
+            raise TypeError(f"batched training runs on float32 CPU features, got {self.train.x.dtype} on {self.train.x.device}")
 
 
 def head_layers(head: nn.Module) -> list[nn.Linear]:
@@ -217,26 +219,31 @@ class _Group:
     def params(self) -> list[Tensor]:
         return [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
 
-    def inputs(self, xs: Tensor, per_set: list[Tensor], split: bool) -> Tensor | list[Tensor]:
-        """Each candidate's batch of its own set: K tensors ``(b, d)`` or ``(K, b, d)`` (a view if one set)."""
+    def inputs(self, per_set: list[Tensor], split: bool) -> Tensor | list[Tensor]:
+        """Each candidate's batch of its own set: K tensors ``(b, d)``, or ``(K, b, d)`` (a view if all share one set)."""
         if split:
             return [per_set[i] for i in self.sets.tolist()]
-        return xs.expand(len(self.members), *xs.shape[1:]) if len(xs) == 1 else xs.index_select(0, self.sets)
+        if len(set(self.sets.tolist())) == 1:
+            return per_set[int(self.sets[0])].expand(len(self.members), -1, -1)
+        return torch.stack([per_set[i] for i in self.sets.tolist()])
 
     def splits(self, rows: int) -> list[bool]:
         return [_per_candidate(rows, layer.weight.shape[1:]) for layer in self.layers]
 
-    def forward(self, xs: Tensor, per_set: list[Tensor], out: Tensor | None = None, outs: list[Tensor] | None = None) -> list[Tensor | list[Tensor]]:
-        """Logits on ``xs`` ``(S, b, d)`` into ``out`` ``(K, b, k)`` (per candidate ``outs``); returns each layer's input."""
-        splits = self.splits(xs.shape[1])
-        h = self.inputs(xs, per_set, splits[0])
+    def forward(self, per_set: list[Tensor], out: Tensor, outs: list[Tensor] | None = None) -> list[Tensor | list[Tensor]]:
+        """Logits on the sets' batches ``per_set[i]`` ``(b, d)`` into ``out`` ``(K, b, k)`` (per candidate ``outs``).
+
+        Returns each layer's input, kept for the backward pass.
+        """
+        splits = self.splits(len(per_set[0]))
+        h = self.inputs(per_set, splits[0])
         kept = []
         for position, (layer, split) in enumerate(zip(self.layers, splits)):
             h = _as_list(h) if split else _stacked(h)
             kept.append(h)
             last = position == len(self.layers) - 1
             h = layer.forward(h, split, out=out if last else None, outs=outs if last else None)
-        if isinstance(h, list) and out is not None and outs is None:
+        if isinstance(h, list) and outs is None:
             torch.stack(h, out=out)
         return kept
 
@@ -334,8 +341,8 @@ def group_candidates(sets: Sequence[CandidateSet]) -> list[list[tuple[int, int]]
 
 def _train_step(groups: list[_Group], optimizer: _FlatAdam, workspace: _Workspace, per_set: list[Tensor], ys: Tensor) -> None:
     """One Adam step of every candidate on its set's batch: ``per_set[i]`` ``(b, d)``, ``ys`` ``(S, b)``."""
-    xs = torch.stack(per_set)
-    kept = [group.forward(xs, per_set, out=logits, outs=views[0] if group.splits(xs.shape[1])[-1] else None)
+    rows = len(ys[0])
+    kept = [group.forward(per_set, logits, outs=views[0] if group.splits(rows)[-1] else None)
             for group, (logits, _), views in zip(groups, workspace.slices, workspace.views)]
     workspace.cross_entropy_grad(ys.expand(len(workspace.sets), -1) if len(ys) == 1 else ys.index_select(0, workspace.sets))
     for group, (_, grad), (_, grads, grads_t), group_kept in zip(groups, workspace.slices, workspace.views, kept):
@@ -418,7 +425,7 @@ def predict_candidates(heads: Sequence[nn.Module], x: Tensor, batch_size: int = 
     Rows are taken in chunks of ``batch_size`` as ``training.predict_proba`` takes them; Ŷ = 1
     where the softmax's P(Y=1|x) > 0.5.
     """
-    empty = TrainingData(x[:0], torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    empty = TrainingData(x[:0].float(), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
     candidate_set = [CandidateSet(heads, [0.0] * len(heads), empty, 0)]
     out = np.empty((len(heads), len(x)), dtype=np.int64)
     with intra_op_threads(1):
@@ -428,6 +435,6 @@ def predict_candidates(heads: Sequence[nn.Module], x: Tensor, batch_size: int = 
             for start in range(0, len(x), batch_size):
                 chunk = x[start:start + batch_size].float()
                 logits = torch.empty(len(members), len(chunk), group.layers[-1].weight.shape[1])
-                group.forward(chunk[None], [chunk], out=logits)
+                group.forward([chunk], logits)
                 out[rows, start:start + len(chunk)] = (logits.softmax(dim=-1)[..., 1] > 0.5).numpy()
     return out
