@@ -12,8 +12,9 @@ serial        ``train_classifier`` per head, ``training.predict`` per head (toda
 per seed      ``batched.train_candidates`` per seed, ``batched.predict_candidates``
 all seeds     ``batched.train_candidate_sets``: every seed's heads in one loop
 
-Reported: seconds (contenders interleaved on the same machine, ``--repeats`` rounds, the
-minimum), ratios to serial, the load average, and the equality check: the largest |difference|
+Reported: seconds (serial and per-seed batched alternate seed by seed, so that the machine's
+load drifts over both alike; "all seeds" runs after them), ratios to serial, the load average,
+and the equality check: the largest |difference|
 of any trained parameter between the serial and each batched path, how many validation/test
 label vectors differ, and whether the candidate and epoch chosen on validation Err (and its test
 labels) agree per method and seed.
@@ -154,7 +155,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--epochs", default="5,20", help="checkpoint epochs (the grid's); training runs to the largest")
-    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "fairtune-bench-cache"))
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
@@ -167,22 +167,29 @@ def main() -> None:
     print(f"{platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, load average {os.getloadavg()}", flush=True)
     print(f"{len(seeds)} seeds x {len(seeds[0]['candidates'])} candidates, {max(grid.epochs)} epochs of "
           f"{-(-len(seeds[0]['data']['train']) // grid.batch_size)} batches, checkpoints {sorted(grid.epochs)}", flush=True)
-    contenders = {"serial": run_serial, "batched per seed": run_per_seed, "batched all seeds": run_all_seeds}
-    scopes = {"1 seed": seeds[:1], f"{len(seeds)} seeds": seeds} if len(seeds) > 1 else {"1 seed": seeds}
     report: dict[str, Any] = {"load_average_start": os.getloadavg(), "seeds": len(seeds), "epochs": list(grid.epochs), "scopes": {}}
-    for scope, chosen in scopes.items():
-        best: dict[str, float] = {}
-        results: dict[str, Any] = {}
-        for _ in range(args.repeats):
-            for name, function in contenders.items():
-                if name == "batched all seeds" and len(chosen) == 1:
-                    continue
-                seconds, results[name] = timed(lambda function=function: function(chosen, grid))
-                best[name] = min(best.get(name, float("inf")), seconds)
-        rows = {name: {"seconds": round(s, 3), "ratio_to_serial": round(best["serial"] / s, 2)} for name, s in best.items()}
-        for name in results:
-            if name != "serial":
-                rows[name]["equality"] = compare(results["serial"], results[name], chosen)
+    # serial and per-seed batched alternate seed by seed (in alternating order), so that the
+    # machine's load drifts over both alike; then every seed's heads in one batched loop
+    interleaved = {"serial": run_serial, "batched per seed": run_per_seed}
+    seconds: dict[str, list[float]] = {name: [] for name in interleaved}
+    results: dict[str, tuple[Labels, list[list[nn.Module]]]] = {name: ({}, []) for name in interleaved}
+    for s in seeds:
+        for name in (list(interleaved) if s["seed"] % 2 == 0 else list(reversed(interleaved))):
+            elapsed, (labels, trained) = timed(lambda name=name: interleaved[name]([s], grid))
+            seconds[name].append(elapsed)
+            results[name][0].update(labels)
+            results[name][1].extend(trained)
+    scopes = {"1 seed": 1, f"{len(seeds)} seeds": len(seeds)} if len(seeds) > 1 else {"1 seed": 1}
+    for scope, count in scopes.items():
+        chosen = seeds[:count]
+        rows = {name: {"seconds": round(sum(values[:count]), 3)} for name, values in seconds.items()}
+        pick = {name: ({k: v for k, v in labels.items() if k[0] < count}, trained[:count]) for name, (labels, trained) in results.items()}
+        rows["batched per seed"]["equality"] = compare(pick["serial"], pick["batched per seed"], chosen)
+        if count > 1:
+            elapsed, stacked = timed(lambda chosen=chosen: run_all_seeds(chosen, grid))
+            rows["batched all seeds"] = {"seconds": round(elapsed, 3), "equality": compare(pick["serial"], stacked, chosen)}
+        for row in rows.values():
+            row["ratio_to_serial"] = round(rows["serial"]["seconds"] / row["seconds"], 2)
         report["scopes"][scope] = rows
         print(f"\n{scope}: load average {os.getloadavg()}", flush=True)
         for name, row in rows.items():
