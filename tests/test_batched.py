@@ -43,14 +43,15 @@ def candidate_heads(d: int, seed: int) -> tuple[list[nn.Module], list[float]]:
     return [copy.deepcopy(h) for h in heads for _ in (0, 1)], [lr for _ in heads for lr in (1e-3, 1e-2)]
 
 
-def serial(heads: list[nn.Module], lrs: list[float], train: TrainingData, seed: int, epochs: int, checkpoints: set[int]) -> tuple[list[nn.Module], dict]:
+def serial(heads: list[nn.Module], lrs: list[float], train: TrainingData, seed: int, epochs: int, checkpoints: set[int],
+           batch_size: int = 16) -> tuple[list[nn.Module], dict]:
     """``train_classifier`` on a copy of each head, with the parameters seen at each checkpoint."""
     trained, seen = [], {}
     for i, (head, lr) in enumerate(zip(heads, lrs)):
         def record(epoch: int, module: nn.Module, i: int = i) -> None:
             if epoch in checkpoints:
                 seen[i, epoch] = [p.detach().clone() for p in module.parameters()]
-        trained.append(train_classifier(copy.deepcopy(head), train, epochs=epochs, lr=lr, seed=seed, batch_size=16, on_epoch=record))
+        trained.append(train_classifier(copy.deepcopy(head), train, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, on_epoch=record))
     return trained, seen
 
 
@@ -59,18 +60,23 @@ def assert_same_parameters(a: nn.Module, b: nn.Module) -> None:
         assert torch.equal(p, q), f"{name}: max |difference| {(p - q).abs().max().item():.3g}"
 
 
-@pytest.mark.parametrize("n", [16 * 5 + 1, 16 * 4])  # a last batch of one row (BLAS gemv) and none
-def test_train_candidates_equals_train_classifier_bit_for_bit(n: int) -> None:
-    train = generated_data(n, 6, seed=1)
-    heads, lrs = candidate_heads(6, seed=1)
-    expected, expected_seen = serial(heads, lrs, train, seed=3, epochs=4, checkpoints={2, 4})
+@pytest.mark.parametrize(("n", "d", "batch_size"), [
+    (16 * 5 + 1, 6, 16),  # tiny products, per candidate; a last batch of one row (BLAS gemv)
+    (16 * 4, 6, 16),
+    (300, 32, 64),  # bmm for the d x 2 layers, per candidate for 2 x 2 and rank 1
+    (300, 32, 128),  # bmm for 2 x 2 too, except on the last batch of 44 rows
+])
+def test_train_candidates_equals_train_classifier_bit_for_bit(n: int, d: int, batch_size: int) -> None:
+    train = generated_data(n, d, seed=1)
+    heads, lrs = candidate_heads(d, seed=1)
+    expected, expected_seen = serial(heads, lrs, train, seed=3, epochs=4, checkpoints={2, 4}, batch_size=batch_size)
     seen = {}
 
     def record(epoch: int, modules: list[nn.Module]) -> None:
         for i, module in enumerate(modules):
             seen[i, epoch] = [p.detach().clone() for p in module.parameters()]
 
-    batched = train_candidates([copy.deepcopy(h) for h in heads], lrs, train, epochs=4, batch_size=16, seed=3,
+    batched = train_candidates([copy.deepcopy(h) for h in heads], lrs, train, epochs=4, batch_size=batch_size, seed=3,
                                checkpoints={2, 4}, on_checkpoint=record)
     for a, b in zip(expected, batched):
         assert_same_parameters(a, b)
@@ -83,11 +89,11 @@ def test_seeds_stacked_equal_each_seed_alone() -> None:
     """Sets with their own features and batch order, trained in one loop, end as serial loops do."""
     sets, expected = [], []
     for seed in (0, 1, 2):
-        train = generated_data(50, 4, seed=10 + seed)
-        heads, lrs = candidate_heads(4, seed=seed)
-        expected.append(serial(heads, lrs, train, seed=seed, epochs=3, checkpoints=set())[0])
+        train = generated_data(150, 32, seed=10 + seed)
+        heads, lrs = candidate_heads(32, seed=seed)
+        expected.append(serial(heads, lrs, train, seed=seed, epochs=3, checkpoints=set(), batch_size=64)[0])
         sets.append(CandidateSet([copy.deepcopy(h) for h in heads], lrs, train, seed))
-    for want, got in zip(expected, train_candidate_sets(sets, epochs=3, batch_size=16)):
+    for want, got in zip(expected, train_candidate_sets(sets, epochs=3, batch_size=64)):
         for a, b in zip(want, got):
             assert_same_parameters(a, b)
 
