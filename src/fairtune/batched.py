@@ -22,7 +22,19 @@ Adam with the candidate's own lr):
   scalar is there.
 
 ``tests/test_batched.py`` checks the equality with ``torch.equal``; ``benchmarks/batched.py``
-measures it on the Adult grid and times both paths.
+measures it on the Adult grid and times both paths. The equality rests on which BLAS kernels
+torch picks for which shapes; a torch or BLAS that picks differently shows up in those tests.
+
+Use: build each candidate's head as the method does (``method.initial_head``), then
+
+    train_candidates(heads, lrs, features["train"], epochs=max(grid.epochs), seed=seed,
+                     checkpoints=set(grid.epochs), on_checkpoint=score)
+
+where ``score(epoch, heads)`` can label the validation split with
+``predict_candidates(heads, features["val"].x)`` (row i = ``training.predict(heads[i], x)``).
+``train_candidate_sets`` takes several seeds at once (:class:`CandidateSet` per seed, training
+splits of equal length). Float32 CPU features; heads ``nn.Linear`` or ``FactorizedLinear``;
+methods with a penalty (Retrain) or weight decay stay on ``train_classifier``.
 """
 
 from __future__ import annotations
@@ -364,10 +376,10 @@ def train_candidate_sets(
     All sets need training splits of the same length (their batches then line up); set ``i``
     draws its batches from ``torch.Generator().manual_seed(sets[i].seed)``. Every parameter of
     every head is trained (as ``FineTuningMethod.fit`` does); no weight decay, no penalty.
-    The heads are updated in place (and left in eval mode). After each epoch in ``checkpoints`` (counting from 1)
-    ``on_checkpoint(epoch, heads)`` sees them, ``heads[i][j]`` being head ``j`` of set ``i``
-    (the same objects, updated again later, like ``train_classifier``'s ``on_epoch``).
-    Returns the heads.
+    The heads are updated in place and left in eval mode. After each epoch in ``checkpoints``
+    (counting from 1) ``on_checkpoint(epoch, heads)`` sees them, ``heads[i][j]`` being head
+    ``j`` of set ``i`` (the same objects, updated again later, like ``train_classifier``'s
+    ``on_epoch``). Returns the heads.
     """
     if len({len(s.train) for s in sets}) != 1:
         raise ValueError(f"the sets' training splits differ in length ({sorted({len(s.train) for s in sets})}); train them separately")
