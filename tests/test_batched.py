@@ -221,3 +221,19 @@ def test_alignment_padding_stays_zero() -> None:
         _train_step(groups, optimizer, _Workspace(groups, 16, 2), [train.x[idx]], train.y[idx][None])
     assert optimizer.grad[~used].eq(0).all() and optimizer.flat[~used].eq(0).all()
     assert optimizer.flat[used].ne(0).any()
+
+
+def test_the_engine_selects_the_same_with_batched_and_serial_candidates(write_csv, tmp_path) -> None:
+    """`fairtune run` end to end: TL, f+SVD and WIN candidates trained together or one loop each."""
+    import pandas as pd
+
+    from fairtune.experiments import RunConfig, run
+
+    data = DataConfig(dataset="csv", csv=str(write_csv(n_rows=900)), target="label", sensitive="group", positive="yes")
+    config = RunConfig(data=data, pretrain=PretrainConfig(hidden=(16, 8), epochs=3), methods=("tl", "svd", "win"),
+                       seeds=(0, 1), finetune=FinetuneGrid(epochs=(2, 5)), cache_dir=str(tmp_path / "cache"))
+    together = run(config, progress=False, keep_predictions=True)
+    serial = run(config, progress=False, keep_predictions=True, batched=False)
+    pd.testing.assert_frame_equal(together.results.drop(columns="fit_seconds"), serial.results.drop(columns="fit_seconds"))
+    pd.testing.assert_frame_equal(together.predictions, serial.predictions)
+    assert together.selections == serial.selections

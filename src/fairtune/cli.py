@@ -142,6 +142,7 @@ def run(
     cache_dir: Annotated[Path | None, typer.Option(help="Cache of pre-trained models (default $FAIRTUNE_CACHE or ~/.cache/fairtune).")] = None,
     device: Annotated[str | None, typer.Option(help="Torch device of the model and features: cpu (default), cuda, cuda:1, ...")] = None,
     processes: Annotated[int, typer.Option(min=1, help="Run the (method, seed) units in this many local processes (same results).")] = 1,
+    serial_candidates: Annotated[bool, typer.Option("--serial-candidates", help="Train each candidate setting in its own loop (the reference path: the same results, slower) instead of all of a method's candidates together.")] = False,
     constraint: Annotated[str | None, typer.Option(help="Fairness target: fine-tune tl, svd, win (and win-hidden, svd-hidden) subject to ΔEO ('eo') or ΔDP ('dp') <= --tolerance, choosing settings among those that meet it on validation; other methods run as they are. Same as listing win-eo:ε etc. in --methods.")] = None,
     tolerance: Annotated[float | None, typer.Option(help="ε of the fairness target, in (0, 2) (default 0.05).")] = None,
     thresholds: Annotated[bool, typer.Option("--thresholds", help="With --constraint, also fit per-group decision thresholds on train+val (the model then needs the sensitive attribute to predict).")] = False,
@@ -171,7 +172,8 @@ def run(
         "thresholds": thresholds,
     })
     result = run_experiment(config, out=out, overwrite=overwrite, keep_predictions=save_predictions,
-                            executor=choose_executor(processes=processes), progress=not quiet and sys.stderr.isatty())
+                            executor=choose_executor(processes=processes), progress=not quiet and sys.stderr.isatty(),
+                            batched=not serial_candidates)
     typer.echo(summary_table(summarize(result.results)).to_string(index=False))
     typer.echo(f"\nwrote {out}/results.csv, summary.csv, summary.md, selections.json, config.json"
                + (", predictions.csv" if result.predictions is not None else ""))

@@ -36,14 +36,15 @@ from pydantic import Field
 from torch import nn
 
 from .._validation import check_groups_present
+from ..batched import train_candidates
 from ..catalogue import PRETRAINED, MethodSpec
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
 from ..constraints import FairnessTarget, fit_group_thresholds, select_under_target
 from ..data import NamedDatasetErrors, load_task
 from ..data._types import Split, Task
 from ..errors import ConfigError
-from ..factorization import find_linear
-from ..methods import Fitted, Method, ModelMethod, build_method, params_record
+from ..factorization import count_parameters, find_linear
+from ..methods import Fitted, FittedHead, HeadMethod, Method, ModelMethod, build_method, params_record
 from ..metrics import evaluate
 from ..models import cached_split_features, extract_features, pretrained_mlp, pretrained_vision
 from ..models.vision import default_arch
@@ -102,6 +103,8 @@ class Environment:
     cache_dir: str | None = None
     device: str | None = None
     keep_predictions: bool = False
+    #: Train the candidates of a plain head method together (:mod:`fairtune.batched`); False: one loop each.
+    batched: bool = True
 
 
 #: The stages whose time a run reports (``fairtune run -v``, ``config.json``).
@@ -243,8 +246,12 @@ def metrics_of(y_pred: np.ndarray, data: TrainingData) -> dict[str, float]:
 FitCandidate = Callable[[Any, int, Callable[[int, Fitted], None] | None], Fitted]
 
 
+TrainTogether = Callable[[Sequence[Any], Callable[[int, list[Fitted]], None]], None]
+
+
 def select_on_validation(method: Method, fit: FitCandidate, candidates: Sequence[Any], data: dict[str, TrainingData],
-                         grid: FinetuneGrid, target: FairnessTarget | None = None, thresholds: bool = False) -> dict[str, Any]:
+                         grid: FinetuneGrid, target: FairnessTarget | None = None, thresholds: bool = False,
+                         train_together: TrainTogether | None = None) -> dict[str, Any]:
     """Train every candidate and keep the one with the lowest validation score (``grid.selection``).
 
     A method that trains by epochs is scored at each epoch count of the grid, as checkpoints of
@@ -252,35 +259,44 @@ def select_on_validation(method: Method, fit: FitCandidate, candidates: Sequence
     one with the lowest validation Err among those that meet it on validation, else the closest
     (:func:`~fairtune.constraints.select_under_target`; ``met_on_val`` says which); with
     ``thresholds``, per-group decision thresholds are then fitted on train and validation pooled
-    and decide its predictions. Returns ``score, params`` (a dict), ``val`` (metrics), ``y_pred``
-    (test predictions), ``trainable`` and ``select_seconds`` (the time spent scoring).
+    and decide its predictions. ``train_together(candidates, on_checkpoint)``, where given, trains
+    every candidate in one loop (:func:`fairtune.batched.train_candidates`, the same numbers as
+    one loop each); ties are broken the same way in both orders: the earlier candidate, then the
+    earlier checkpoint. Returns ``score, params`` (a dict), ``val`` (metrics), ``y_pred`` (test
+    predictions), ``trainable`` and ``select_seconds`` (the time spent scoring).
     """
     score, checkpoints, best = SELECTION_SCORES[grid.selection], set(grid.epochs), {}
     val, test = data["val"], data["test"]
     scoring, kept = [0.0], []
 
-    def keep_if_best(epoch: int | None, fitted: Fitted, params: Any) -> None:
+    def keep_if_best(epoch: int | None, fitted: Fitted, params: Any, index: int) -> None:
         if epoch is not None and epoch not in checkpoints:
             return
         started = time.perf_counter()
         val_metrics = metrics_of(fitted.predict(val.x, val.s), val)
         record = {} if params is None else params_record(params)
+        order = (score(val_metrics), index, epoch or 0)
         if target is not None:
-            kept.append({"params": record if epoch is None else {**record, "epochs": epoch}, "val": val_metrics,
-                         "y_pred": fitted.predict(test.x, test.s), "trainable": fitted.trainable_params,
+            kept.append({"order": order[1:], "params": record if epoch is None else {**record, "epochs": epoch},
+                         "val": val_metrics, "y_pred": fitted.predict(test.x, test.s), "trainable": fitted.trainable_params,
                          "scores": {name: fitted.scores(split.x) for name, split in data.items()} if thresholds else None})
-        elif not best or score(val_metrics) < best["score"]:
-            best.update(score=score(val_metrics), params=record if epoch is None else {**record, "epochs": epoch},
+        elif not best or order < best["order"]:
+            best.update(order=order, score=order[0], params=record if epoch is None else {**record, "epochs": epoch},
                         val=val_metrics, y_pred=fitted.predict(test.x, test.s), trainable=fitted.trainable_params)
         scoring[0] += time.perf_counter() - started
 
-    for params in candidates:
-        if method.trains_by_epoch:
-            fit(params, max(checkpoints), lambda epoch, fitted, params=params: keep_if_best(epoch, fitted, params))
-        else:
-            keep_if_best(None, fit(params, max(checkpoints), None), params)
+    if train_together is not None:
+        train_together(candidates, lambda epoch, fitted: [keep_if_best(epoch, f, p, i) for i, (f, p) in
+                                                          enumerate(zip(fitted, candidates))])
+    else:
+        for index, params in enumerate(candidates):
+            if method.trains_by_epoch:
+                fit(params, max(checkpoints), lambda epoch, fitted, params=params, index=index: keep_if_best(epoch, fitted, params, index))
+            else:
+                keep_if_best(None, fit(params, max(checkpoints), None), params, index)
     if target is not None:
         started = time.perf_counter()
+        kept.sort(key=lambda record: record["order"])  # the order of one loop per candidate, whatever ran
         index, met = select_under_target([record["val"] for record in kept], target)
         best = {**kept[index], "met_on_val": met}
         if thresholds:  # the thresholds decide the predictions, and whether validation meets the target
@@ -321,13 +337,22 @@ def pooled(first: TrainingData, second: TrainingData) -> TrainingData:
     return TrainingData(torch.cat([first.x, second.x]), torch.cat([first.y, second.y]), torch.cat([first.s, second.s]))
 
 
+def trains_alike(method: Method, train: TrainingData) -> bool:
+    """Whether every candidate of ``method`` is a plain head trained by :func:`~fairtune.training.train_classifier`
+    (no penalty, no target) on float32 CPU features: then they can train together (:mod:`fairtune.batched`)."""
+    return (isinstance(method, HeadMethod) and method.trains_by_epoch and method.target is None
+            and type(method).fit is HeadMethod.fit and type(method).penalty is HeadMethod.penalty
+            and train.x.dtype == torch.float32 and train.x.device.type == "cpu")
+
+
 def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[str, TrainingData], *, seed: int,
                keep_predictions: bool = False, model_inputs: Callable[[], tuple[nn.Module, dict[str, TrainingData]]] | None = None,
-               group_names: Sequence[str] | None = None) -> UnitResult:
+               group_names: Sequence[str] | None = None, batched: bool = True) -> UnitResult:
     """Fine-tune one method from ``layer`` (or the whole model): select on 'val', score on 'test'.
 
     A :class:`~fairtune.methods.ModelMethod` trains the model returned by ``model_inputs()`` on
-    its raw inputs instead of the features. A fairness target (``win-eo:0.05``) trains each
+    its raw inputs instead of the features. With ``batched``, the candidates of a plain head
+    method (TL, f+SVD, WIN) train in one loop, with the same result as one loop each. A fairness target (``win-eo:0.05``) trains each
     candidate subject to it, its gap measured on train and validation pooled, and selects
     under it; its selection record says whether validation and test met it. Torch's global RNG
     is left as it was.
@@ -353,7 +378,16 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
             return method.fit(target, data["train"], context, params, epochs=epochs, batch_size=grid.batch_size,
                               seed=seed, on_epoch=on_epoch)
 
-        best = select_on_validation(method, fit, method.candidates(target, grid), data, grid, fairness, parsed.info.thresholds)
+        def train_together(candidates: Sequence[Any], on_checkpoint: Callable[[int, list[Fitted]], None]) -> None:
+            heads = [method.initial_head(target, context, params).requires_grad_(True) for params in candidates]
+            sizes = [count_parameters(head) for head in heads]
+            train_candidates(heads, [params.lr for params in candidates], data["train"], epochs=max(grid.epochs),
+                             batch_size=grid.batch_size, seed=seed, checkpoints=set(grid.epochs),
+                             on_checkpoint=lambda epoch, trained: on_checkpoint(epoch, [FittedHead(h, n) for h, n in zip(trained, sizes)]))
+
+        together = train_together if batched and trains_alike(method, data["train"]) else None
+        best = select_on_validation(method, fit, method.candidates(target, grid), data, grid, fairness, parsed.info.thresholds,
+                                    train_together=together)
     elapsed = time.perf_counter() - start
     seconds = 0.0 if parsed.name == PRETRAINED else round(elapsed, 4)
     training = "peers" if parsed.info.family == "peer" else "fine-tune"
@@ -395,7 +429,7 @@ def fit_unit(unit: Unit, env: Environment) -> UnitResult:
     with intra_op_threads(1):
         prepared = prepare(unit, env, stages=preparation)
         result = fit_method(unit.method, unit.finetune, prepared.layer, prepared.features, seed=unit.seed,
-                            keep_predictions=env.keep_predictions, group_names=prepared.task.group_names,
+                            keep_predictions=env.keep_predictions, group_names=prepared.task.group_names, batched=env.batched,
                             model_inputs=lambda: (prepared.model, prepared.inputs(unit.method)))
     result.stage_seconds = {**preparation, **result.stage_seconds}
     return result

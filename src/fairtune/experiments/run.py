@@ -93,8 +93,8 @@ class RunConfig(_Settings):
             for seed in self.seeds for method in (PRETRAINED, *self.method_specs())
         ]
 
-    def environment(self, keep_predictions: bool = False) -> Environment:
-        return Environment(cache_dir=self.cache_dir, device=self.device, keep_predictions=keep_predictions)
+    def environment(self, keep_predictions: bool = False, batched: bool = True) -> Environment:
+        return Environment(cache_dir=self.cache_dir, device=self.device, keep_predictions=keep_predictions, batched=batched)
 
 
 def collect(results: list[UnitResult]) -> RunResult:
@@ -111,19 +111,22 @@ def collect(results: list[UnitResult]) -> RunResult:
 
 def run(config: RunConfig, *, out: str | os.PathLike[str] | None = None, overwrite: bool = False,
         keep_predictions: bool = False, progress: bool = True, executor: SerialExecutor | None = None,
-        on_unit: Callable[[Unit], None] | None = None) -> RunResult:
+        on_unit: Callable[[Unit], None] | None = None, batched: bool = True) -> RunResult:
     """Run ``config.methods`` over ``config.seeds`` on ``config.data`` (serially unless given an executor).
+
+    ``batched=False`` trains each candidate in its own loop: the reference path, with the same results.
 
     With ``out``, also write the run folder there (:func:`~fairtune.experiments.outputs.write_run`)
     by the protocol of :class:`~fairtune.experiments.run_folder.RunFolder`: a folder holding an
     earlier run is refused unless ``overwrite``, checked before any work starts; the files appear
     together at the end, and a failed run leaves the folder as it was.
     """
+    env = config.environment(keep_predictions, batched)
     if out is None:
-        return _run(config, keep_predictions, progress, executor, on_unit)
+        return _run(config, env, progress, executor, on_unit)
     with RunFolder(out, overwrite=overwrite) as folder:
         started = time.perf_counter()
-        result = _run(config, keep_predictions, progress, executor, on_unit)
+        result = _run(config, env, progress, executor, on_unit)
         writing = time.perf_counter()
         folder.commit(lambda directory: write_run(result, config, directory, wall_seconds=time.perf_counter() - started))
     result.stage_seconds["write"] = round(time.perf_counter() - writing, 3)  # after config.json, which cannot hold it
@@ -131,7 +134,7 @@ def run(config: RunConfig, *, out: str | os.PathLike[str] | None = None, overwri
     return result
 
 
-def _run(config: RunConfig, keep_predictions: bool, progress: bool, executor: SerialExecutor | None,
+def _run(config: RunConfig, env: Environment, progress: bool, executor: SerialExecutor | None,
          on_unit: Callable[[Unit], None] | None) -> RunResult:
     units = config.units()
     with tqdm(total=len(units), desc="fine-tuning", unit="fit", disable=not progress) as bar:
@@ -141,5 +144,5 @@ def _run(config: RunConfig, keep_predictions: bool, progress: bool, executor: Se
             if on_unit:
                 on_unit(unit)
 
-        results = execute(units, config.environment(keep_predictions), executor=executor, on_unit=finished)
+        results = execute(units, env, executor=executor, on_unit=finished)
     return collect(results)
