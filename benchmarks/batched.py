@@ -40,7 +40,7 @@ from fairtune.batched import CandidateSet, predict_candidates, train_candidate_s
 from fairtune.config import DataConfig, FinetuneGrid, PretrainConfig
 from fairtune.data import load_task
 from fairtune.factorization import find_linear
-from fairtune.methods import get_method
+from fairtune.methods import build_method
 from fairtune.metrics import evaluate
 from fairtune.models import extract_features, pretrained_mlp
 from fairtune.training import TrainingData, predict, train_classifier
@@ -57,11 +57,11 @@ def seed_features(seed: int, cache_dir: str) -> tuple[nn.Linear, dict[str, Train
     return layer, {name: TrainingData.from_arrays(extract_features(model, layer, s.inputs), s.y, s.s) for name, s in splits.items()}
 
 
-def candidates(layer: nn.Linear, train: TrainingData, grid: FinetuneGrid) -> list[tuple[str, dict[str, Any], nn.Module]]:
+def candidates(layer: nn.Linear, train: TrainingData, grid: FinetuneGrid) -> list[tuple[str, Any, nn.Module]]:
     """(method, settings, initial head) of every candidate of TL, f+SVD and WIN."""
     out = []
     for name in METHODS:
-        method = get_method(name)
+        method = build_method(name, grid)
         context = method.prepare(layer, train, grid)
         out += [(name, params, method.initial_head(layer, context, params)) for params in method.candidates(layer, grid)]
     return out
@@ -79,7 +79,7 @@ def run_serial(seeds: list[dict], grid: FinetuneGrid) -> tuple[Labels, list[list
             def record(epoch: int, module: nn.Module, i: int = i) -> None:
                 if epoch in grid.epochs:
                     labels[s["seed"], i, epoch] = (predict(module, s["data"]["val"].x), predict(module, s["data"]["test"].x))
-            heads.append(train_classifier(copy.deepcopy(head), s["data"]["train"], epochs=max(grid.epochs), lr=params["lr"],
+            heads.append(train_classifier(copy.deepcopy(head), s["data"]["train"], epochs=max(grid.epochs), lr=params.lr,
                                           batch_size=grid.batch_size, seed=s["seed"], on_epoch=record))
         trained.append(heads)
     return labels, trained
@@ -96,7 +96,7 @@ def run_per_seed(seeds: list[dict], grid: FinetuneGrid) -> tuple[Labels, list[li
     trained = []
     for s in seeds:
         heads = [copy.deepcopy(head) for _, _, head in s["candidates"]]
-        trained.append(train_candidates(heads, [p["lr"] for _, p, _ in s["candidates"]], s["data"]["train"], epochs=max(grid.epochs),
+        trained.append(train_candidates(heads, [p.lr for _, p, _ in s["candidates"]], s["data"]["train"], epochs=max(grid.epochs),
                                         batch_size=grid.batch_size, seed=s["seed"], checkpoints=set(grid.epochs),
                                         on_checkpoint=lambda epoch, modules, s=s: _record_batched(labels, s, epoch, modules)))
     return labels, trained
@@ -104,7 +104,7 @@ def run_per_seed(seeds: list[dict], grid: FinetuneGrid) -> tuple[Labels, list[li
 
 def run_all_seeds(seeds: list[dict], grid: FinetuneGrid) -> tuple[Labels, list[list[nn.Module]]]:
     labels: Labels = {}
-    sets = [CandidateSet([copy.deepcopy(h) for _, _, h in s["candidates"]], [p["lr"] for _, p, _ in s["candidates"]], s["data"]["train"], s["seed"])
+    sets = [CandidateSet([copy.deepcopy(h) for _, _, h in s["candidates"]], [p.lr for _, p, _ in s["candidates"]], s["data"]["train"], s["seed"])
             for s in seeds]
 
     def record(epoch: int, per_set: list[list[nn.Module]]) -> None:

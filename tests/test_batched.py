@@ -19,7 +19,7 @@ from fairtune.batched import CandidateSet, predict_candidates, train_candidate_s
 from fairtune.config import DataConfig, FinetuneGrid, PretrainConfig
 from fairtune.data import load_task
 from fairtune.factorization import FactorizedLinear, find_linear
-from fairtune.methods import get_method
+from fairtune.methods import build_method
 from fairtune.metrics import evaluate
 from fairtune.models import extract_features, pretrained_mlp, pretrained_vision
 from fairtune.models.vision import default_arch
@@ -137,10 +137,10 @@ def serial_predictions(layer: nn.Linear, data: dict[str, TrainingData], grid: Fi
     """(method, candidate, epoch) -> (params, validation labels, test labels), each candidate fitted by ``method.fit``."""
     out: dict[tuple[str, int, int], Any] = {}
     for name in methods:
-        method = get_method(name)
+        method = build_method(name, grid)
         context = method.prepare(layer, data["train"], grid)
         for i, params in enumerate(method.candidates(layer, grid)):
-            def record(epoch: int, fitted: Any, name: str = name, i: int = i, params: dict = params) -> None:
+            def record(epoch: int, fitted: Any, name: str = name, i: int = i, params: Any = params) -> None:
                 if epoch in grid.epochs:
                     out[name, i, epoch] = (params, fitted.predict(data["val"].x), fitted.predict(data["test"].x))
             method.fit(layer, data["train"], context, params, epochs=max(grid.epochs), batch_size=grid.batch_size, seed=seed, on_epoch=record)
@@ -151,13 +151,13 @@ def batched_predictions(layer: nn.Linear, data: dict[str, TrainingData], grid: F
     """The same, every candidate of every method trained in one batched loop."""
     keys, heads, lrs, candidates = [], [], [], []
     for name in methods:
-        method = get_method(name)
+        method = build_method(name, grid)
         context = method.prepare(layer, data["train"], grid)
         for i, params in enumerate(method.candidates(layer, grid)):
             keys.append((name, i))
             candidates.append(params)
             heads.append(method.initial_head(layer, context, params))
-            lrs.append(params["lr"])
+            lrs.append(params.lr)
     out: dict[tuple[str, int, int], Any] = {}
 
     def record(epoch: int, modules: list[nn.Module]) -> None:
