@@ -15,6 +15,8 @@ tl+thr         TL, then :func:`fairtune.constraints.fit_group_thresholds` fitted
                fits the gap on the pooled data itself
 lagrange       TL's layer trained by :func:`fairtune.constraints.train_constrained` (the gap
                measured on train and validation pooled), settings by :func:`select_under_target`
+               on validation; a second row selects on train and validation pooled, where the
+               multipliers measured the gap (the validation gap alone is too noisy to select on)
 lagrange+thr   the same model, then group thresholds as tl+thr
 to, eg         fairlearn ThresholdOptimizer / ExponentiatedGradient (``fairlearn-to-*``, ``fairlearn-eg-*``)
 rto            error-parity RelaxedThresholdOptimizer at ε (``l_p_norm=1``) on a logistic regression
@@ -57,19 +59,18 @@ def pooled(a: TrainingData, b: TrainingData) -> TrainingData:
     return TrainingData(torch.cat([a.x, b.x]), torch.cat([a.y, b.y]), torch.cat([a.s, b.s]))
 
 
-def best_by_epochs(train_one: Callable[[float, Callable[[int, nn.Module], None]], None], grid: FinetuneGrid,
-                   val: TrainingData, pick: Callable[[list[dict[str, float]]], tuple[int, bool]]) -> tuple[nn.Module, bool]:
-    """Train one run per learning rate, checkpoint at the grid's epochs, and keep ``pick``'s choice by validation metrics."""
-    checkpoints, found = set(grid.epochs), []
-
-    def keep(epoch: int, module: nn.Module) -> None:
-        if epoch in checkpoints:
-            found.append((metrics(predict(module, val.x), val), copy.deepcopy(module)))
-
+def checkpoints(train_one: Callable[[float, Callable[[int, nn.Module], None]], None], grid: FinetuneGrid) -> list[nn.Module]:
+    """One training run per learning rate of ``grid``, a copy of the module at each of the grid's epochs."""
+    found = []
     for lr in grid.lrs:
-        train_one(lr, keep)
-    index, met = pick([m for m, _ in found])
-    return found[index][1], met
+        train_one(lr, lambda epoch, module: found.append(copy.deepcopy(module)) if epoch in grid.epochs else None)
+    return found
+
+
+def pick(found: list[nn.Module], data: TrainingData, rule: Callable[[list[dict[str, float]]], tuple[int, bool]]) -> tuple[nn.Module, bool]:
+    """The module ``rule`` keeps by the metrics of each module on ``data``, and whether it met the target."""
+    index, met = rule([metrics(predict(module, data.x), data) for module in found])
+    return found[index], met
 
 
 def lowest_err(candidates: list[dict[str, float]]) -> tuple[int, bool]:
@@ -106,18 +107,20 @@ def run_on_features(
 
     if {"tl", "tl+thr"} & set(methods):
         start = time.perf_counter()
-        tl, _ = best_by_epochs(lambda lr, keep: train_classifier(copy.deepcopy(layer), train, epochs=max(grid.epochs), lr=lr, seed=seed, on_epoch=keep),
-                               grid, val, lowest_err)
+        tl, _ = pick(checkpoints(lambda lr, keep: train_classifier(
+            copy.deepcopy(layer), train, epochs=max(grid.epochs), lr=lr, seed=seed, on_epoch=keep), grid), val, lowest_err)
         record("TL", WITHOUT_S, predict(tl, test.x), start)
         if "tl+thr" in methods:
             thresholds("TL + thresholds", tl, start)
             thresholds("TL + thresholds (sample)", tl, start, "sample")
     if {"lagrange", "lagrange+thr"} & set(methods):
         start = time.perf_counter()
-        fair, met = best_by_epochs(lambda lr, keep: train_constrained(
-            copy.deepcopy(layer), train, target=target, epochs=max(grid.epochs), lr=lr, seed=seed, on_epoch=keep, constraint_data=fit_data),
-            grid, val, within)
+        found = checkpoints(lambda lr, keep: train_constrained(
+            copy.deepcopy(layer), train, target=target, epochs=max(grid.epochs), lr=lr, seed=seed, on_epoch=keep, constraint_data=fit_data), grid)
+        pooled_pick, pooled_met = pick(found, fit_data, within)
+        fair, met = pick(found, val, within)
         record("TL constrained (Lagrangian)", WITHOUT_S, predict(fair, test.x), start, met)
+        record("TL constrained (Lagrangian), selected on train+val", WITHOUT_S, predict(pooled_pick, test.x), start, pooled_met)
         if "lagrange+thr" in methods:
             thresholds("TL constrained + thresholds", fair, start)
     for name, spec, setting in (("fairlearn ThresholdOptimizer", "fairlearn-to-" + target.constraint, WITH_S),
@@ -135,14 +138,11 @@ def run_on_features(
                metrics(peer.predict(val.x, val.s), val)[target.metric] <= target.tolerance)
     if "fairret" in methods:
         start = time.perf_counter()
-        found = []
-        for strength in FAIRRET_STRENGTHS:
-            for lr in grid.lrs:
-                FairretNormLossPeer(target, strength=strength, lr=lr, epochs=max(grid.epochs), seed=seed).fit(
-                    layer, train, on_epoch=lambda epoch, peer: found.append((metrics(peer.predict(val.x), val), copy.deepcopy(peer.module_)))
-                    if epoch in grid.epochs else None)
-        index, met = within([m for m, _ in found])
-        record("fairret NormLoss", WITHOUT_S, predict(found[index][1], test.x), start, met)
+        found = [module for strength in FAIRRET_STRENGTHS for module in checkpoints(
+            lambda lr, keep, strength=strength: FairretNormLossPeer(target, strength=strength, lr=lr, epochs=max(grid.epochs), seed=seed).fit(
+                layer, train, on_epoch=lambda epoch, peer: keep(epoch, peer.module_)), grid)]
+        module, met = pick(found, val, within)
+        record("fairret NormLoss", WITHOUT_S, predict(module, test.x), start, met)
     if {"win", "win+thr"} & set(methods):
         start = time.perf_counter()
         method = get_method("win")
@@ -150,11 +150,11 @@ def run_on_features(
         found = []
         for params in method.candidates(layer, grid):
             method.fit(layer, train, context, params, epochs=max(grid.epochs), batch_size=grid.batch_size, seed=seed,
-                       on_epoch=lambda epoch, f: found.append((metrics(f.predict(val.x), val), copy.deepcopy(f.module))) if epoch in grid.epochs else None)
-        index, _ = lowest_err([m for m, _ in found])
-        record("WIN", WITHOUT_S, predict(found[index][1], test.x), start)
+                       on_epoch=lambda epoch, fitted: found.append(copy.deepcopy(fitted.module)) if epoch in grid.epochs else None)
+        win, _ = pick(found, val, lowest_err)
+        record("WIN", WITHOUT_S, predict(win, test.x), start)
         if "win+thr" in methods:
-            thresholds("WIN + thresholds", found[index][1], start)
+            thresholds("WIN + thresholds", win, start)
     return rows
 
 
