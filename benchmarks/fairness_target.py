@@ -59,16 +59,18 @@ def main() -> None:
     parser.add_argument("--constraint", default="eo", choices=("eo", "dp"))
     parser.add_argument("--tolerance", type=float, default=0.05)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--reference-size", type=int, default=None,
+                        help="rows of the split the gap is expected on (FairnessTarget.reference_size); default: the fitting data's")
     parser.add_argument("--cache-dir", default="/tmp/fair-cache")
     parser.add_argument("--out", default="runs/fairness-target")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    target = FairnessTarget(args.constraint, args.tolerance)
+    target = FairnessTarget(args.constraint, args.tolerance, reference_size=args.reference_size)
     methods = tuple(args.methods.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for seed in parse_seeds(args.seeds):
-        path = out / f"seed{seed}-{args.constraint}-{args.tolerance}-{'_'.join(methods)}.json"
+        path = out / f"seed{seed}-{args.constraint}-{args.tolerance}-{args.reference_size}-{'_'.join(methods)}.json"
         if not path.exists():
             path.write_text(json.dumps(run_seed(seed, methods, target, args.cache_dir)))
             print(f"seed {seed} done", flush=True)

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..config import FinetuneGrid
 from ..constraints import FairnessTarget, fit_group_thresholds, select_under_target, train_constrained
+from ..constraints.targets import bounded_gap
 from ..errors import ConfigError
 from ..methods import get_method
 from ..methods.tolerance_peers import FAIRRET_STRENGTHS, FairretNormLossPeer, RelaxedThresholdPeer
@@ -67,9 +68,20 @@ def checkpoints(train_one: Callable[[float, Callable[[int, nn.Module], None]], N
     return found
 
 
-def pick(found: list[nn.Module], data: TrainingData, rule: Callable[[list[dict[str, float]]], tuple[int, bool]]) -> tuple[nn.Module, bool]:
-    """The module ``rule`` keeps by the metrics of each module on ``data``, and whether it met the target."""
-    index, met = rule([metrics(predict(module, data.x), data) for module in found])
+def pick(found: list[nn.Module], data: TrainingData, rule: Callable[[list[dict[str, float]]], tuple[int, bool]],
+         target: FairnessTarget | None = None) -> tuple[nn.Module, bool]:
+    """The module ``rule`` keeps by the metrics of each module on ``data``, and whether it met the target.
+
+    With ``target``, the candidates' gap is the one the target bounds (:func:`bounded_gap`: for
+    ``estimate="expected"`` the gap expected on a new split), so that selection aims where training did.
+    """
+    candidates = []
+    for module in found:
+        y_pred = predict(module, data.x)
+        candidates.append(metrics(y_pred, data))
+        if target is not None:
+            candidates[-1][target.metric] = bounded_gap(data.y.numpy(), y_pred, data.s.numpy(), target)
+    index, met = rule(candidates)
     return found[index], met
 
 
@@ -100,7 +112,7 @@ def run_on_features(
 
     def thresholds(name: str, module: nn.Module, start: float, estimate: str = "expected") -> None:
         scores = predict_proba(module, fit_data.x)
-        fitted = fit_group_thresholds(scores, fit_data.y, fit_data.s, FairnessTarget(target.constraint, target.tolerance, estimate))
+        fitted = fit_group_thresholds(scores, fit_data.y, fit_data.s, FairnessTarget(target.constraint, target.tolerance, estimate, target.reference_size))
         val_pred = fitted.predict(predict_proba(module, val.x), val.s)
         record(name, WITH_S, fitted.predict(predict_proba(module, test.x), test.s), start,
                metrics(val_pred, val)[target.metric] <= target.tolerance)
@@ -117,8 +129,8 @@ def run_on_features(
         start = time.perf_counter()
         found = checkpoints(lambda lr, keep: train_constrained(
             copy.deepcopy(layer), train, target=target, epochs=max(grid.epochs), lr=lr, seed=seed, on_epoch=keep, constraint_data=fit_data), grid)
-        pooled_pick, pooled_met = pick(found, fit_data, within)
-        fair, met = pick(found, val, within)
+        pooled_pick, pooled_met = pick(found, fit_data, within, target)
+        fair, met = pick(found, val, within, target)
         record("TL constrained (Lagrangian)", WITHOUT_S, predict(fair, test.x), start, met)
         record("TL constrained (Lagrangian), selected on train+val", WITHOUT_S, predict(pooled_pick, test.x), start, pooled_met)
         if "lagrange+thr" in methods:
@@ -141,7 +153,7 @@ def run_on_features(
         found = [module for strength in FAIRRET_STRENGTHS for module in checkpoints(
             lambda lr, keep, strength=strength: FairretNormLossPeer(target, strength=strength, lr=lr, epochs=max(grid.epochs), seed=seed).fit(
                 layer, train, on_epoch=lambda epoch, peer: keep(epoch, peer.module_)), grid)]
-        module, met = pick(found, val, within)
+        module, met = pick(found, val, within, target)
         record("fairret NormLoss", WITHOUT_S, predict(module, test.x), start, met)
     if {"win", "win+thr"} & set(methods):
         start = time.perf_counter()
