@@ -1,9 +1,9 @@
 """Retrain+EO / Retrain+DP: fine-tuning with a relaxed fairness regularizer of intensity λ.
 
 The loss of each batch is ``cross_entropy + λ · gap`` with the relaxed gap of
-:mod:`fairtune.methods.fairness` (EO or DP); for EO sharpened (τ = 0.3) and signed by its
-average over batches (momentum 0.95): ``RETRAIN_SURROGATE``, chosen by measurement. λ is part of the method, not searched on
-validation: ``retrain-eo:0.1``, ``retrain-eo:0.5`` and ``retrain-eo:0.9`` are three methods
+:mod:`fairtune.methods.fairness` (EO or DP; for EO sharpened, τ = 0.3, and signed by its
+average over batches, momentum 0.95: ``RETRAIN_SURROGATE``, chosen by measurement).
+λ is part of the method, not searched on validation: ``retrain-eo:0.1``, ``retrain-eo:0.5`` and ``retrain-eo:0.9`` are three methods
 (the paper's λ ∈ {0.1, 0.5, 0.9}); a bare ``retrain-eo`` uses λ = 0.5.
 
 Which parameters "Retrain" updates is ``FinetuneGrid.retrain_scope`` (``--retrain-scope``):
