@@ -12,6 +12,7 @@ from fairtune.constraints import FairnessTarget, fit_group_thresholds, select_un
 from fairtune.constraints.targets import (
     BAD_ESTIMATE,
     BAD_TOLERANCE,
+    bounded_gap,
     constraint_rows,
     expected_abs,
     rates_and_sizes,
@@ -186,3 +187,12 @@ def test_selection_without_a_candidate_meeting_the_target_keeps_the_closest_and_
         select_under_target([], FairnessTarget("eo", 0.05))
     with pytest.raises(ConfigError, match="candidate 0 has no 'delta_dp'"):
         select_under_target(candidates, FairnessTarget("dp", 0.05))
+
+
+def test_the_bounded_gap_is_the_metric_for_sample_and_larger_for_expected():
+    scores, y, s = scored_groups(300, 3, seed=8)
+    y_pred = (scores >= 0.5).astype(np.int64)
+    sample = bounded_gap(y, y_pred, s, FairnessTarget("eo", 0.1, estimate="sample"))
+    assert sample == pytest.approx(evaluate(y, y_pred, s)["delta_eo"])
+    assert bounded_gap(y, y_pred, s, FairnessTarget("eo", 0.1)) > sample
+    assert bounded_gap(y, y_pred, s, FairnessTarget("dp", 0.1, estimate="sample")) == pytest.approx(evaluate(y, y_pred, s)["delta_dp"])

@@ -16,7 +16,6 @@ from fairtune.training import TrainingData, predict, train_classifier
 
 from test_constraints import biased_task
 
-pytest.importorskip("cooper")
 
 
 def measured(module: nn.Module, data: TrainingData) -> dict[str, float]:
@@ -105,3 +104,19 @@ def test_a_low_temperature_approaches_the_measured_gap():
     assert soft[2] < 1e-2
     with pytest.raises(ConfigError):
         fairness_penalty("eo", 0.5, temperature=-1.0)
+
+
+def test_momentum_signs_the_batch_gap_by_the_averaged_one():
+    penalty = fairness_penalty("dp", 2.0, momentum=0.9)
+    s = torch.tensor([0, 0, 1, 1])
+    logit = lambda p: torch.stack([torch.zeros(4), torch.logit(torch.tensor(p))], dim=1)  # noqa: E731
+    # first batch: the average is the batch itself, group 1 above group 0: the penalty is λ·|gap|
+    first = penalty(logit([0.2, 0.4, 0.6, 0.8]), s, s, nn.Identity())
+    assert first.item() == pytest.approx(2.0 * (0.7 - 0.3))
+    # second batch reverses the groups; the average still ranks group 1 first: the signed batch gap is negative
+    second = penalty(logit([0.7, 0.9, 0.1, 0.3]), s, s, nn.Identity())
+    assert second.item() == pytest.approx(2.0 * (0.2 - 0.8))
+    eo = fairness_penalty("eo", 1.0, momentum=0.5)(logit([0.2, 0.4, 0.6, 0.8]), torch.tensor([1, 0, 1, 0]), s, nn.Identity())
+    assert eo.item() == pytest.approx((0.6 - 0.2) + (0.8 - 0.4))
+    with pytest.raises(ConfigError):
+        fairness_penalty("eo", 0.5, momentum=1.0)

@@ -86,6 +86,8 @@ class MethodInfo:
     base: str | None = None
     constraint: Literal["eo", "dp"] | None = None
     thresholds: bool = False
+    #: Whether its predictions need the sensitive attribute (per-group rules).
+    sensitive_at_prediction: bool = False
 
     def load(self) -> Any:
         """The implementation's factory ``(spec, grid) -> method``."""
@@ -128,17 +130,18 @@ def _entries() -> tuple[MethodInfo, ...]:
                    "peer", "features", m + "peers:ExponentiatedGradientDP.from_spec", "#c5b0d5"),
         MethodInfo("fairlearn-to-eo", "TO+EO", "fairlearn ThresholdOptimizer (equalized odds) on the logistic regression; "
                    "needs the sensitive attribute to predict", "peer", "features",
-                   m + "peers:ThresholdOptimizerEO.from_spec", "#e377c2"),
+                   m + "peers:ThresholdOptimizerEO.from_spec", "#e377c2", sensitive_at_prediction=True),
         MethodInfo("fairlearn-to-dp", "TO+DP", "fairlearn ThresholdOptimizer (demographic parity) on the logistic regression; "
                    "needs the sensitive attribute to predict", "peer", "features",
-                   m + "peers:ThresholdOptimizerDP.from_spec", "#f7b6d2"),
+                   m + "peers:ThresholdOptimizerDP.from_spec", "#f7b6d2", sensitive_at_prediction=True),
         MethodInfo("errorparity-eo", "RTO (ΔEO≤ε)", "error-parity RelaxedThresholdOptimizer (l1 = our ΔEO) at tolerance ε on the "
                    "logistic regression; needs the sensitive attribute to predict (pip install --no-deps error-parity)",
                    "peer", "features", m + "tolerance_peers:RelaxedThresholdMethod.from_spec", "#17a2b8", _EPSILON,
-                   constraint="eo"),
+                   constraint="eo", sensitive_at_prediction=True),
         MethodInfo("errorparity-dp", "RTO (ΔDP≤ε)", "error-parity RelaxedThresholdOptimizer (demographic parity) at tolerance ε; "
                    "needs the sensitive attribute to predict", "peer", "features",
-                   m + "tolerance_peers:RelaxedThresholdMethod.from_spec", "#0e6674", _EPSILON, constraint="dp"),
+                   m + "tolerance_peers:RelaxedThresholdMethod.from_spec", "#0e6674", _EPSILON, constraint="dp",
+                   sensitive_at_prediction=True),
         MethodInfo("fairret-eo", "fairret (ΔEO≤ε)", "fairret NormLoss (TPR and FPR) added to TL's loss, strength and lr chosen "
                    "on validation under ΔEO ≤ ε", "peer", "features", m + "tolerance_peers:FairretMethod.from_spec",
                    "#ffbb78", _EPSILON, constraint="eo"),
@@ -192,6 +195,7 @@ def _targets(bases: dict[str, MethodInfo]) -> tuple[MethodInfo, ...]:
                     f"{base.label} fine-tuned subject to {gap} ≤ ε (Lagrange multipliers), {how}",
                     "target", base.inputs, base.implementation, next(colours), value,
                     base.uses_importance, base.estimator_args, base=name, constraint=constraint, thresholds=thresholds,
+                    sensitive_at_prediction=thresholds,
                 ))
     return tuple(entries)
 

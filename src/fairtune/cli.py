@@ -231,7 +231,7 @@ def reproduce(
 @app.command()
 @user_errors
 def study(
-    subject: Annotated[str, typer.Argument(help="What to study: 'neutralization' (WIN variants vs baselines on the accuracy-fairness front).")],
+    subject: Annotated[str, typer.Argument(help="What to study: 'neutralization' (WIN variants vs baselines on the accuracy-fairness front) or 'tradeoff' (which method meets a fairness target ε, at what Err, against fairlearn's peers).")],
     dataset: Annotated[str, typer.Option(help="Data set: adult, csv (with --csv/--target/--sensitive) or an image data set (last-layer variants only).")] = "adult",
     seeds: Annotated[int, typer.Option(min=1, help="Number of seeds (0..N-1).")] = 10,
     out: Annotated[Path, typer.Option(help="Output folder: study.md, study.csv, study_summary.csv, dominance.csv, pareto_*.png; finished units kept in OUT/units/.")] = Path("runs/study"),
@@ -248,13 +248,31 @@ def study(
     operators: Annotated[str | None, typer.Option(help="Neutralization operators searched on validation (default mean,min,pooled; pooled = no neutralization).")] = None,
     rank_fractions: Annotated[str | None, typer.Option(help="Rank fractions searched on validation by the deep variants (default 0.25,1).")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Cache of pre-trained models.")] = None,
+    constraint: Annotated[str, typer.Option(help="tradeoff: the gap the target bounds, 'eo' (ΔEO) or 'dp' (ΔDP).")] = "eo",
+    tolerances: Annotated[str, typer.Option(help="tradeoff: the tolerances ε studied.")] = "0.02,0.05,0.1,0.2",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Study where the neutralized importance changes the outcome; resumable; writes study.md and plots."""
+    """Study where the neutralized importance changes the outcome, or the fairness-target trade-off; resumable; writes a report and plots."""
     from .experiments.study import StudyConfig, run_study
 
+    if subject == "tradeoff":
+        from .experiments.tradeoff import TradeoffConfig, run_tradeoff
+
+        grid = {"lrs": lrs and _floats(lrs, "lrs"), "epochs": epochs and _ints(epochs, "epochs"),
+                "operators": operators and _words(operators)}
+        config = TradeoffConfig.model_validate({
+            "run": {"data": {"dataset": dataset, "csv": _path(csv), "target": target, "sensitive": sensitive, "positive": positive},
+                    "finetune": {key: value for key, value in grid.items() if value is not None},
+                    "seeds": tuple(range(seeds)), "cache_dir": _path(cache_dir)},
+            "constraint": constraint, "tolerances": _floats(tolerances, "tolerances"),
+        })
+        started = time.perf_counter()
+        markdown = run_tradeoff(config, out, progress=not quiet)
+        typer.echo("\n".join(line for line in markdown.splitlines() if line.startswith(("- ", "### "))))
+        typer.echo(f"\n{time.perf_counter() - started:.1f} s; wrote {out}/tradeoff.md, tradeoff.csv, tradeoff_summary.csv, tradeoff_config.json, tradeoff_*.png")
+        return
     if subject != "neutralization":
-        raise ConfigError(f"unknown study {subject!r}; available: neutralization")
+        raise ConfigError(f"unknown study {subject!r}; available: neutralization, tradeoff")
     grid = {"lrs": lrs and _floats(lrs, "lrs"), "epochs": epochs and _ints(epochs, "epochs"),
             "operators": operators and _words(operators), "rank_fractions": rank_fractions and _floats(rank_fractions, "rank-fractions")}
     settings = {

@@ -42,7 +42,6 @@ from .targets import FairnessTarget, constraint_rows, expected_abs, rate_varianc
 DUAL_LR = 0.5
 #: Proportional gain of the multipliers' nuPI update (0: plain gradient ascent).
 DAMPING = 10.0
-NEEDS_COOPER = "constrained training needs the package cooper-optim: pip install 'fairtune[constraints]'"
 NO_TRAINABLE = "the module has no trainable parameter"
 
 
@@ -124,10 +123,7 @@ def train_constrained(
     if target is None:
         return train_classifier(module, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, on_epoch=on_epoch, threads=threads)
     tau = check_temperature(temperature)
-    try:
-        import cooper
-    except ImportError:
-        raise ConfigError(NEEDS_COOPER) from None
+    import cooper  # imported on use: it is needed only under a target
     parameters = [p for p in module.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError(NO_TRAINABLE)
@@ -173,7 +169,7 @@ def _keep_if_best_feasible(
     return best
 
 
-def fairness_problem(rows: np.ndarray, target: FairnessTarget, temperature: float, n_groups: int):  # noqa: ANN201 (cooper is optional)
+def fairness_problem(rows: np.ndarray, target: FairnessTarget, temperature: float, n_groups: int):  # noqa: ANN201 (a cooper class)
     """cooper's ``ConstrainedMinimizationProblem``: CE subject to the target's rows (surrogate and measured)."""
     import cooper
 

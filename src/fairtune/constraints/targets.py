@@ -134,3 +134,22 @@ def expected_abs(mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
 def rate_variance(rates: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Binomial variance ``R(1−R)/n`` of each measured rate (``sizes`` 0 gives 0)."""
     return rates * (1 - rates) / np.maximum(sizes, 1)
+
+
+def bounded_gap(y: np.ndarray, y_pred: np.ndarray, s: np.ndarray, target: FairnessTarget) -> float:
+    """The gap ``target`` bounds, measured on labels ``y``, predictions ``y_pred``, groups ``s``.
+
+    ``max_{g<h} Σ_r E|ΔR_r + sd_r·Z|`` (module docstring): the metric's gap for
+    ``estimate="sample"``, the gap expected on a new split for ``"expected"``.
+    """
+    y, y_pred, s = (np.asarray(a).ravel().astype(np.int64) for a in (y, y_pred, s))
+    n_groups = int(s.max()) + 1
+    groups = [(s == g) for g in range(n_groups)]
+    rates, sizes = rates_and_sizes(
+        target.constraint,
+        np.array([(y_pred[m] & y[m]).sum() for m in groups]), np.array([(y_pred[m] & (1 - y[m])).sum() for m in groups]),
+        np.array([y[m].sum() for m in groups]), np.array([(1 - y[m]).sum() for m in groups]),
+    )
+    variance = rate_variance(rates, sizes) * target.noise_scale(len(y))
+    return max(float(expected_abs(rates[g] - rates[h], np.sqrt(variance[g] + variance[h])).sum())
+               for g, h in combinations(range(n_groups), 2))

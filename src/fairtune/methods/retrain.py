@@ -1,8 +1,10 @@
 """Retrain+EO / Retrain+DP: fine-tuning with a relaxed fairness regularizer of intensity λ.
 
 The loss of each batch is ``cross_entropy + λ · gap`` with the relaxed gap of
-:mod:`fairtune.methods.fairness` (EO or DP). λ is part of the method, not searched on
-validation: ``retrain-eo:0.1``, ``retrain-eo:0.5`` and ``retrain-eo:0.9`` are three methods
+:mod:`fairtune.methods.fairness` (EO or DP; for EO sharpened, τ = 0.3, and signed by its
+average over batches, momentum 0.95: ``RETRAIN_SURROGATE``, chosen by measurement so that
+raising λ lowers the measured ΔEO). λ is part of the method, not searched on validation:
+``retrain-eo:0.1``, ``retrain-eo:0.5`` and ``retrain-eo:0.9`` are three methods
 (the paper's λ ∈ {0.1, 0.5, 0.9}); a bare ``retrain-eo`` uses λ = 0.5.
 
 Which parameters "Retrain" updates is ``FinetuneGrid.retrain_scope`` (``--retrain-scope``):
@@ -26,7 +28,7 @@ from ..catalogue import MethodSpec
 from ..config import FinetuneGrid
 from ..training import Penalty, TrainingData
 from .base import HeadMethod, Method, ModelMethod, OnEpoch, Fitted, TrainParams, train_fitted, training_grid
-from .fairness import Constraint, check_intensity, fairness_penalty
+from .fairness import RETRAIN_SURROGATE, Constraint, check_intensity, fairness_penalty
 
 
 class RetrainLastLayer(HeadMethod):
@@ -42,7 +44,7 @@ class RetrainLastLayer(HeadMethod):
         return copy.deepcopy(layer)
 
     def penalty(self, context: Any, head: nn.Module) -> Penalty:
-        return fairness_penalty(self.constraint, self.lam)
+        return fairness_penalty(self.constraint, self.lam, **RETRAIN_SURROGATE[self.constraint])
 
 
 class RetrainModel(ModelMethod):
@@ -61,7 +63,8 @@ class RetrainModel(ModelMethod):
         for parameter in tuned.parameters():
             parameter.requires_grad_(True)
         return train_fitted(tuned, train, lr=params.lr, epochs=epochs, batch_size=batch_size, seed=seed,
-                            penalty=fairness_penalty(self.constraint, self.lam), on_epoch=on_epoch)
+                            penalty=fairness_penalty(self.constraint, self.lam, **RETRAIN_SURROGATE[self.constraint]),
+                            on_epoch=on_epoch)
 
 
 def _retrain(constraint: Constraint, spec: MethodSpec, grid: FinetuneGrid) -> Method:
