@@ -33,7 +33,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError
 from ..methods.fairness import check_temperature, relaxed_labels
 from ..training import TrainingData, intra_op_threads, train_classifier
 from .targets import FairnessTarget, constraint_rows, expected_abs, rate_variance, rates_and_sizes
