@@ -64,7 +64,10 @@ class ProcessExecutor(SerialExecutor):
         self._pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> ProcessExecutor:
-        self._pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"))
+        with _interrupts_ignored():  # every worker starts now, with Ctrl-C ignored: this process handles it and stops them
+            self._pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"))
+            for _ in range(self.processes):
+                self._pool.submit(int)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
@@ -74,8 +77,7 @@ class ProcessExecutor(SerialExecutor):
         self._pool.shutdown(cancel_futures=True)
 
     def imap(self, function: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
-        with _interrupts_ignored():  # workers start with Ctrl-C ignored: this process handles it and stops them
-            futures = {self._pool.submit(function, item): index for index, item in enumerate(items)}
+        futures = {self._pool.submit(function, item): index for index, item in enumerate(items)}
         for future in as_completed(futures):
             yield futures[future], future.result()
 
