@@ -250,6 +250,7 @@ def study(
     cache_dir: Annotated[Path | None, typer.Option(help="Cache of pre-trained models.")] = None,
     constraint: Annotated[str, typer.Option(help="tradeoff: the gap the target bounds, 'eo' (ΔEO) or 'dp' (ΔDP).")] = "eo",
     tolerances: Annotated[str, typer.Option(help="tradeoff: the tolerances ε studied.")] = "0.02,0.05,0.1,0.2",
+    methods: Annotated[str | None, typer.Option(help="tradeoff: method specs, {c} standing for the constraint and {e} for ε (default: tl, win, tl-{c}:{e}, win-{c}:{e}, fairret-{c}:{e}, fairlearn-eg-{c}, tl-{c}-thr:{e}, win-{c}-thr:{e}, errorparity-{c}:{e}, fairlearn-to-{c}).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Study where the neutralized importance changes the outcome, or the fairness-target trade-off; resumable; writes a report and plots."""
@@ -265,6 +266,7 @@ def study(
                     "finetune": {key: value for key, value in grid.items() if value is not None},
                     "seeds": tuple(range(seeds)), "cache_dir": _path(cache_dir)},
             "constraint": constraint, "tolerances": _floats(tolerances, "tolerances"),
+            **({} if methods is None else {"methods": _words(methods)}),
         })
         started = time.perf_counter()
         markdown = run_tradeoff(config, out, progress=not quiet)
