@@ -80,7 +80,9 @@ def test_ctrl_c_with_local_processes_ends_in_one_line_and_no_folder(tmp_path: Pa
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
     args = command(csv, out, "tl,svd,win", cache) + ["--processes", "2"]
     args[args.index("--seeds") + 1] = "4"
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    # Ctrl-C's default disposition, also where this test itself runs with SIGINT ignored (a shell's background job)
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while not list(cache.glob("models/*.safetensors")):  # pre-trained in a worker: the workers are busy
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
