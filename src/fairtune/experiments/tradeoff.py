@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator
 from tqdm.auto import tqdm
@@ -56,7 +55,6 @@ class TradeoffConfig(_Settings):
     constraint: Literal["eo", "dp"] = "eo"
     tolerances: tuple[float, ...] = Field((0.02, 0.05, 0.1, 0.2), description="tolerances ε of the constraint")
     methods: tuple[str, ...] = Field(METHODS, description="method specs; {c} = constraint, {e} = ε")
-    max_err: float = Field(16.5, description="the verdict's Err bound (%): issue 12's goal on Adult")
 
     @field_validator("tolerances")
     @classmethod
@@ -129,8 +127,9 @@ def front(table: pd.DataFrame) -> pd.DataFrame:
 def verdict(table: pd.DataFrame, config: TradeoffConfig, tolerance: float, margin: float = 0.5) -> list[str]:
     """Per setting: the lowest-Err method of fairtune's whose mean test gap met ε, against the setting's peer.
 
-    The target is *beaten* in a setting when that method's mean Err is at most ``config.max_err``
-    and more than ``margin`` points below the peer's; a setting where none met ε says so.
+    It *beats* the peer when both meet ε in the mean (comparable fairness) and its mean Err is more
+    than ``margin`` points lower; a peer that misses ε, and a setting where no fairtune method
+    meets it, are said as such.
     """
     gap = "ΔEO" if config.constraint == "eo" else "ΔDP"
     lines = []
@@ -148,12 +147,15 @@ def verdict(table: pd.DataFrame, config: TradeoffConfig, tolerance: float, margi
             lines.append(f"- {name}, ε = {tolerance:g}: no fairtune method met mean test {gap} ≤ ε{near} ({peer_text}): target not met.")
             continue
         best = meeting.loc[meeting["err_mean"].idxmin()]
-        peer_err = float(peer["err_mean"].iloc[0]) if not peer.empty else np.inf
-        beats = best["err_mean"] <= config.max_err and best["err_mean"] < peer_err - margin
-        lines.append(f"- {name}, ε = {tolerance:g}: {tables.method_label(best['method'])} meets mean test {gap} "
-                     f"{best['gap']:.3f} ≤ ε at Err {best['err_mean']:.2f} % (test met in {best['test_met']} seeds); "
-                     f"{peer_text}: {'beats' if beats else 'does not beat'} the peer (Err ≤ {config.max_err:g} % and more "
-                     f"than {margin:g} point below it).")
+        found = (f"- {name}, ε = {tolerance:g}: {tables.method_label(best['method'])} meets mean test {gap} "
+                 f"{best['gap']:.3f} ≤ ε at Err {best['err_mean']:.2f} % (test met in {best['test_met']} seeds); {peer_text}")
+        if peer.empty or peer["gap"].iloc[0] > tolerance:
+            lines.append(f"{found}: the peer misses ε, fairtune's method meets it.")
+            continue
+        ahead = peer["err_mean"].iloc[0] - best["err_mean"]
+        verb = "beats" if ahead > margin else "does not beat"
+        lines.append(f"{found}: both meet ε; fairtune's method {verb} the peer ({ahead:+.2f} Err points, "
+                     f"more than {margin:g} needed).")
     return lines
 
 
