@@ -173,9 +173,9 @@ def _entries() -> tuple[MethodInfo, ...]:
 TARGETABLE: tuple[str, ...] = ("tl", "svd", "win", "win-hidden", "svd-hidden")
 _GAPS = {"eo": "ΔEO", "dp": "ΔDP"}
 #: Colours of the fairness targets (matplotlib's tab20c, distinct from the methods' own).
-_TARGET_COLOURS = (
-    "#3182bd", "#6baed6", "#9ecae1", "#c6dbef", "#e6550d", "#fd8d3c", "#fdae6b", "#fdd0a2", "#31a354", "#74c476",
-    "#a1d99b", "#c7e9c0", "#756bb1", "#9e9ac8", "#bcbddc", "#dadaeb", "#636363", "#969696", "#bdbdbd", "#d9d9d9",
+_TARGET_COLOURS = (  # in TARGETABLE's order: tl oranges, svd purples, win greens, win-hidden greys, svd-hidden blues
+    "#e6550d", "#fd8d3c", "#fdae6b", "#fdd0a2", "#756bb1", "#9e9ac8", "#bcbddc", "#dadaeb", "#31a354", "#74c476",
+    "#a1d99b", "#c7e9c0", "#636363", "#969696", "#bdbdbd", "#d9d9d9", "#3182bd", "#6baed6", "#9ecae1", "#c6dbef",
 )
 
 
