@@ -113,25 +113,6 @@ def merge_small_groups(values: pd.Series, minimum: int, *, column: str) -> tuple
     return merged, notice
 
 
-def check_strength(value: float | str, *, what: str) -> float:
-    """``value`` as a float that is finite and >= 0 (a regularizer intensity λ, an anchor strength μ), else a ConfigError."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(errors.BAD_STRENGTH.format(what=what, value=value)) from None
-    if not (np.isfinite(number) and number >= 0):
-        raise ConfigError(errors.BAD_STRENGTH.format(what=what, value=value))
-    return number
-
-
-def unique_methods(methods: Sequence[str]) -> tuple[str, ...]:
-    """``methods`` unchanged, or a ConfigError naming the ones listed twice (a repeat would count its seeds twice)."""
-    repeated = sorted({m for m in methods if list(methods).count(m) > 1})
-    if repeated:
-        raise ConfigError(errors.REPEATED_METHODS.format(names=", ".join(repeated)))
-    return tuple(methods)
-
-
 def seed_range(count: int) -> tuple[int, ...]:
     """Seeds 0..count-1 for a count of seeds; a ValueError (a settings error) unless count >= 1."""
     if count < 1:

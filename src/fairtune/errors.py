@@ -72,7 +72,6 @@ TOO_MANY_STRATA = (
 )
 MERGED_GROUPS = "merged {count} group(s) of {column!r} with fewer than {minimum} rows ({names}) into {other!r} ({rows} rows)"
 GROUPS_ABSENT = "the {where} split has no sample of group(s) {groups}"
-BAD_STRENGTH = "{what} must be a finite number >= 0, got {value!r}"
 REPEATED_METHODS = "method(s) {names} listed more than once; list each method once"
 NOT_A_STATE_DICT = (
     "weights {path} are not a plain state dict: the file pickles code (e.g. a whole model object), which fairtune "

@@ -62,10 +62,6 @@ class FittedHead:
         return predict_proba(self.module, x)
 
 
-class Params(Protocol):
-    """A candidate setting: a frozen dataclass whose fields are the searched values."""
-
-
 def params_record(params: Any) -> dict[str, Any]:
     """The candidate's settings as a plain dict (unset fields left out), for ``selections.json``."""
     return {key: value for key, value in asdict(params).items() if value is not None}
