@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from pydantic import Field
 from torch import nn
+from tqdm.auto import tqdm
 
 from .._validation import check_groups_present
 from ..batched import train_candidates
@@ -448,36 +449,44 @@ def execute(
     store: ResultStore | None = None,
     on_unit: Callable[[Unit], None] | None = None,
     dataset_names: dict[str, str] | None = None,
+    progress: str | None = None,
 ) -> list[UnitResult]:
     """Compute every unit not yet in ``store``; return all results in the order of ``units``.
 
     Each distinct seed is prepared once before its units (filling the on-disk caches, so that
     parallel workers do not pre-train the same model twice). ``on_unit`` sees each unit as it
     finishes. ``dataset_names`` (``DataConfig`` JSON -> name) makes a unit's error name its data set.
+    ``progress`` is the description of a progress bar over the distinct units (those found in
+    ``store`` count as done); None shows none.
     """
     for unit in units:  # every method spec is checked before any work starts
         MethodSpec.parse(unit.method)
+    keys = [unit.key for unit in units]
+    distinct = dict(zip(keys, units))
     results: dict[str, UnitResult] = {}
     if store is not None:
-        results = {unit.key: UnitResult.from_record(store.get(unit.key)) for unit in units if unit.key in store}
-    pending = list({unit.key: unit for unit in units if unit.key not in results}.values())
-    if pending:
-        seeds = list({_preparation_key(unit, env): unit for unit in pending}.values())
-        with executor or SerialExecutor() as tasks:
-            prepare_task, fit_task = functools.partial(prepare_seed, env=env), functools.partial(fit_unit, env=env)
-            if dataset_names:
-                prepare_task, fit_task = NamedDatasetErrors(prepare_task, dataset_names), NamedDatasetErrors(fit_task, dataset_names)
-            if tasks.parallel:
-                for _ in tasks.imap(prepare_task, seeds):
-                    pass
-            for index, result in tasks.imap(fit_task, pending):
-                unit = pending[index]
-                results[unit.key] = result
-                if store is not None:
-                    store.put(unit.key, {"unit": unit.model_dump(mode="json"), **result.record()})
-                if on_unit:
-                    on_unit(unit)
-    return [results[unit.key] for unit in units]
+        results = {key: UnitResult.from_record(store.get(key)) for key in distinct if key in store}
+    pending = [(key, unit) for key, unit in distinct.items() if key not in results]
+    with tqdm(total=len(distinct), initial=len(results), desc=progress, unit="unit", disable=progress is None) as bar:
+        if pending:
+            seeds = list({_preparation_key(unit, env): unit for _, unit in pending}.values())
+            with executor or SerialExecutor() as tasks:
+                prepare_task, fit_task = functools.partial(prepare_seed, env=env), functools.partial(fit_unit, env=env)
+                if dataset_names:
+                    prepare_task, fit_task = NamedDatasetErrors(prepare_task, dataset_names), NamedDatasetErrors(fit_task, dataset_names)
+                if tasks.parallel:
+                    for _ in tasks.imap(prepare_task, seeds):
+                        pass
+                for index, result in tasks.imap(fit_task, [unit for _, unit in pending]):
+                    key, unit = pending[index]
+                    results[key] = result
+                    if store is not None:
+                        store.put(key, {"unit": unit.model_dump(mode="json"), **result.record()})
+                    bar.set_postfix_str(f"seed {unit.seed} {unit.method}")
+                    bar.update(1)
+                    if on_unit:
+                        on_unit(unit)
+    return [results[key] for key in keys]
 
 
 def compare_on_features(

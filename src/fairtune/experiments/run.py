@@ -16,7 +16,6 @@ from typing import Literal
 
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
-from tqdm.auto import tqdm
 
 from ..catalogue import PRETRAINED, TARGETABLE, parse_methods, targeted
 from ..constraints.targets import BAD_TOLERANCE
@@ -136,13 +135,5 @@ def run(config: RunConfig, *, out: str | os.PathLike[str] | None = None, overwri
 
 def _run(config: RunConfig, env: Environment, progress: bool, executor: SerialExecutor | None,
          on_unit: Callable[[Unit], None] | None) -> RunResult:
-    units = config.units()
-    with tqdm(total=len(units), desc="fine-tuning", unit="fit", disable=not progress) as bar:
-        def finished(unit: Unit) -> None:
-            bar.set_postfix_str(f"seed {unit.seed} {unit.method}")
-            bar.update(1)
-            if on_unit:
-                on_unit(unit)
-
-        results = execute(units, env, executor=executor, on_unit=finished)
+    results = execute(config.units(), env, executor=executor, on_unit=on_unit, progress="fine-tuning" if progress else None)
     return collect(results)

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pydantic import Field
-from tqdm.auto import tqdm
 
 from .._io import ensure_writable_dir, write_csv, write_json, write_text
 from ..catalogue import PRETRAINED, MethodSpec
@@ -92,9 +91,8 @@ def plan(config: StudyConfig) -> list[tuple[str, MethodSpec, Unit]]:
 def neutralization_study(config: StudyConfig, directory: str | Path, *, progress: bool = True) -> pd.DataFrame:
     """Run every unit not yet stored under ``directory/units``; return one row per (source, method, seed)."""
     planned = plan(config)
-    with tqdm(total=len(planned), desc="neutralization study", unit="unit", disable=not progress) as bar:
-        results = execute([unit for _, _, unit in planned], config.run.environment(), store=ResultStore(Path(directory) / "units"),
-                          on_unit=lambda _unit: bar.update(1))
+    results = execute([unit for _, _, unit in planned], config.run.environment(), store=ResultStore(Path(directory) / "units"),
+                      progress="neutralization study" if progress else None)
     return pd.DataFrame([{**result.row, "source": source, "method": str(spec)}
                          for (source, spec, _), result in zip(planned, results)])
 

@@ -37,7 +37,6 @@ from typing import Any
 import pandas as pd
 import yaml
 from pydantic import Field, field_validator
-from tqdm.auto import tqdm
 
 from .._io import ensure_writable_dir, write_csv, write_json
 from .._validation import seed_range
@@ -146,15 +145,9 @@ def _sweep(config: SweepConfig, out_dir: Path, executor: SerialExecutor | None, 
     write_json({"sweep": config.model_dump(mode="json"), "units": len(units)}, out_dir / "sweep.json")
     store = ResultStore(out_dir / "units")
     reused = len({unit.key for unit in units if unit.key in store})
-    with tqdm(total=len({unit.key for unit in units}), initial=reused, desc="sweep", unit="unit", disable=not progress) as bar:
-        def finished(unit: Unit) -> None:
-            bar.update(1)
-            if on_unit:
-                on_unit(unit)
-
-        names = {data.model_dump_json(): name for name, data in config.datasets.items()}  # errors name their data set
-        results = execute(units, Environment(cache_dir=config.cache_dir), executor=executor, store=store, on_unit=finished,
-                          dataset_names=names)
+    names = {data.model_dump_json(): name for name, data in config.datasets.items()}  # errors name their data set
+    results = execute(units, Environment(cache_dir=config.cache_dir), executor=executor, store=store, on_unit=on_unit,
+                      dataset_names=names, progress="sweep" if progress else None)
     frame = pd.DataFrame([{"dataset": d, "setting": s, **result.row} for (d, s, _), result in zip(labelled, results)])
     write_csv(frame, out_dir / "results.csv")
     frame.attrs["reused"] = reused

@@ -20,7 +20,6 @@ from typing import Literal
 
 import pandas as pd
 from pydantic import Field, field_validator
-from tqdm.auto import tqdm
 
 from .._io import ensure_writable_dir, write_csv, write_json, write_text
 from ..catalogue import CATALOGUE, PRETRAINED, MethodSpec
@@ -89,9 +88,8 @@ def tradeoff_study(config: TradeoffConfig, directory: str | Path, *, progress: b
     A method without ε is reported under every ε (its ``target_met`` then judged against that ε).
     """
     units = plan(config)
-    with tqdm(total=len(units), desc="trade-off study", unit="unit", disable=not progress) as bar:
-        results = execute(units, config.run.environment(), store=ResultStore(Path(directory) / "units"),
-                          on_unit=lambda _unit: bar.update(1))
+    results = execute(units, config.run.environment(), store=ResultStore(Path(directory) / "units"),
+                      progress="trade-off study" if progress else None)
     rows_by_method = {}
     for unit, result in zip(units, results):
         rows_by_method.setdefault(unit.method, []).append(result.row)
