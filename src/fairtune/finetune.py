@@ -29,7 +29,7 @@ from .experiments.engine import compare_on_features, target_of, threshold_grid
 from .factorization import find_linear, replace_module_
 from .methods import build_method
 from .models import extract_features
-from .training import TrainingData, predict_proba, resolve_device
+from .training import TrainingData, model_dtype, predict_proba, resolve_device
 
 #: ``(X, y, s)`` arrays/tensors, or an iterable of ``(x, y, s)`` batches such as a DataLoader.
 Data = tuple[Any, Any, Any] | Iterable[tuple[Tensor, Tensor, Tensor]]
@@ -47,11 +47,6 @@ def _as_inputs(x: Any, dtype: torch.dtype = torch.float32) -> Tensor:
     if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
         raise DataError("inputs contain NaN or infinite values")
     return inputs.to(dtype) if inputs.is_floating_point() else inputs
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """The floating dtype of ``model``'s parameters (float32 for a model without any)."""
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def _float32_head(layer: nn.Linear) -> nn.Linear:

@@ -143,11 +143,16 @@ def _train_epochs(
             on_epoch(epoch, module)
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of ``model``'s parameters (float32 for a model without any)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 @torch.no_grad()
 def predict_proba(module: nn.Module, x: Tensor, batch_size: int = 8192) -> np.ndarray:
     """P(Y=1 | x) from a two-class head, ``(n,)``."""
     module.eval()
-    dtype = next(module.parameters()).dtype
+    dtype = model_dtype(module)
     chunks = [module(x[i:i + batch_size].to(dtype)).softmax(dim=1)[:, 1] for i in range(0, len(x), batch_size)]
     return torch.cat(chunks).cpu().numpy()
 
