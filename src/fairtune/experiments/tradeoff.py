@@ -28,10 +28,12 @@ from ..constraints.targets import BAD_TOLERANCE
 from ..errors import ConfigError
 from ..report import figures, tables
 from .engine import Unit, execute
+from .fair_pretraining import BIAS_METRIC
 from .run import RunConfig
 from .store import ResultStore
 
 WITH_S, WITHOUT_S = "s at prediction", "no s at prediction"
+GAP_NAMES: dict[str, str] = {"eo": "ΔEO", "dp": "ΔDP"}
 #: The study's methods; ``{c}`` is the constraint and ``{e}`` the tolerance ε.
 METHODS: tuple[str, ...] = (
     "tl", "win", "tl-{c}:{e}", "win-{c}:{e}", "fairret-{c}:{e}", "fairlearn-eg-{c}",
@@ -93,7 +95,7 @@ def tradeoff_study(config: TradeoffConfig, directory: str | Path, *, progress: b
     rows_by_method = {}
     for unit, result in zip(units, results):
         rows_by_method.setdefault(unit.method, []).append(result.row)
-    metric = "delta_eo" if config.constraint == "eo" else "delta_dp"
+    metric = BIAS_METRIC[config.constraint]
     rows = []
     for tolerance in config.tolerances:
         for spec in config.specs(tolerance):
@@ -105,7 +107,7 @@ def tradeoff_study(config: TradeoffConfig, directory: str | Path, *, progress: b
 
 def summary(rows: pd.DataFrame, config: TradeoffConfig, tolerance: float) -> pd.DataFrame:
     """Per setting and method at one ε, over seeds: mean (std) Err and gaps, seeds whose test gap met ε."""
-    metric = "delta_eo" if config.constraint == "eo" else "delta_dp"
+    metric = BIAS_METRIC[config.constraint]
     part = rows[rows["tolerance"] == tolerance]
     table = tables.summarize_by(part, ["setting", "method"], ("err", "delta_dp", "delta_eo", "trainable_params", "target_met"))
     table["gap"] = table[f"{metric}_mean"]
@@ -129,7 +131,7 @@ def verdict(table: pd.DataFrame, config: TradeoffConfig, tolerance: float, margi
     than ``margin`` points lower; a peer that misses ε, and a setting where no fairtune method
     meets it, are said as such.
     """
-    gap = "ΔEO" if config.constraint == "eo" else "ΔDP"
+    gap = GAP_NAMES[config.constraint]
     lines = []
     for name, group in table.groupby("setting", sort=False):
         peer = group[group["method"] == config.peer(name)]
@@ -177,7 +179,7 @@ def write_tradeoff(rows: pd.DataFrame, config: TradeoffConfig, directory: str | 
         sections.append(f"### ε = {tolerance:g}\n\n" + "\n".join(verdict(table, config, tolerance)) + f"\n\n![trade-off]({name})\n\n"
                         + tables.to_markdown(shown))
     write_csv(pd.concat(summaries, ignore_index=True), directory / "tradeoff_summary.csv")
-    gap = "ΔEO" if config.constraint == "eo" else "ΔDP"
+    gap = GAP_NAMES[config.constraint]
     markdown = (
         f"## Fairness target trade-off: {gap} ≤ ε\n\n"
         f"Data set `{config.run.data.dataset}`, {len(config.run.seeds)} seeds; settings chosen on validation (under the "
