@@ -114,3 +114,20 @@ def test_a_single_group_is_undefined() -> None:
 def test_inputs_of_different_lengths_are_refused() -> None:
     with pytest.raises(ValueError, match="different lengths"):
         delta_eo(np.array([0, 1]), np.array([0, 1, 1]), np.array([0, 1]))
+
+
+def test_binary_err_is_scikit_learns_float_exactly() -> None:
+    """The confusion-count path gives the very float f1_score gives, on every split shape we meet."""
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 7, 50, 3000):
+        for trial in range(300):
+            y_true = (rng.random(n) < rng.random()).astype(np.int64)
+            y_pred = (rng.random(n) < rng.random()).astype(np.int64)
+            if trial % 5 == 0:
+                y_pred[:] = trial % 2  # one predicted class only
+            if trial % 7 == 0:
+                y_true[:] = 1
+            expected = float(100.0 * (1.0 - f1_score(y_true, y_pred, average="weighted", zero_division=0)))
+            assert err(y_true, y_pred) == expected
+    labels = np.array(["a", "b", "b"])  # not 0/1: scikit-learn itself
+    assert err(labels, labels) == 0.0

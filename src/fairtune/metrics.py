@@ -79,9 +79,32 @@ def delta_eo(y_true: np.ndarray, y_pred: np.ndarray, s: np.ndarray) -> float:
 
 
 def err(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Err = 100 − 100 · weighted-average F1 (percent)."""
+    """Err = 100 − 100 · weighted-average F1 (percent), as ``f1_score(average="weighted", zero_division=0)``."""
     y_true, y_pred = _as_arrays(y_true, y_pred)
+    if _binary(y_true) and _binary(y_pred) and len(y_true):
+        return _binary_err(y_true, y_pred)
     return float(100.0 * (1.0 - f1_score(y_true, y_pred, average="weighted", zero_division=0)))
+
+
+def _binary(labels: np.ndarray) -> bool:
+    return labels.dtype.kind in "iub" and bool(((labels == 0) | (labels == 1)).all())
+
+
+def _binary_err(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """:func:`err` of 0/1 labels from their confusion counts, in scikit-learn's arithmetic (the same float).
+
+    Over the labels present in either array, ``F1_c = 2·TP_c / (n_true_c + n_pred_c)``, then
+    ``np.average`` weighted by ``n_true_c``; 100 times faster than ``f1_score`` on the
+    validation splits that every candidate checkpoint is scored on.
+    """
+    counts = np.bincount(2 * y_true.astype(np.int64) + y_pred.astype(np.int64), minlength=4)  # tn, fp, fn, tp
+    true_sum = np.array([counts[0] + counts[1], counts[2] + counts[3]])
+    pred_sum = np.array([counts[0] + counts[2], counts[1] + counts[3]])
+    tp_sum = np.array([counts[0], counts[3]])
+    present = (true_sum + pred_sum) > 0  # so no denominator is 0, and the weights sum to n > 0
+    true_sum, pred_sum, tp_sum = true_sum[present], pred_sum[present], tp_sum[present]
+    f1 = 2.0 * tp_sum.astype(np.float64) / (1.0 * true_sum.astype(np.float64) + pred_sum.astype(np.float64))
+    return float(100.0 * (1.0 - float(np.average(f1, weights=true_sum))))
 
 
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, s: np.ndarray) -> dict[str, float]:
