@@ -237,3 +237,21 @@ def test_the_engine_selects_the_same_with_batched_and_serial_candidates(write_cs
     pd.testing.assert_frame_equal(together.results.drop(columns="fit_seconds"), serial.results.drop(columns="fit_seconds"))
     pd.testing.assert_frame_equal(together.predictions, serial.predictions)
     assert together.selections == serial.selections
+
+
+def test_bundles_hold_the_plain_head_methods_of_several_seeds() -> None:
+    """TL, f+SVD, WIN and `pretrained` of a grid share a bundle, split by seed; a peer and a target run alone."""
+    from fairtune.experiments.engine import Environment, Unit, bundles_of
+
+    units = [Unit(method=method, seed=seed) for seed in range(4) for method in ("pretrained", "tl", "win", "tl-eo:0.05", "logreg")]
+    bundles = bundles_of(units, Environment(), workers=1)
+    assert [[(u.method, u.seed) for u in bundle] for bundle in bundles[:3]] == [
+        [(m, s) for s in range(4) for m in ("pretrained", "tl", "win")], [("tl-eo:0.05", 0)], [("logreg", 0)]]
+    assert sorted(u.key for bundle in bundles for u in bundle) == sorted(u.key for u in units)
+    two_workers = bundles_of(units, Environment(), workers=2)
+    assert [sorted({u.seed for u in bundle}) for bundle in two_workers[:2]] == [[0, 2], [1, 3]]
+    stored = bundles_of(units, Environment(), workers=1, max_seeds=3)
+    assert [sorted({u.seed for u in bundle}) for bundle in stored[:2]] == [[0, 2], [1, 3]]
+    assert all(len(bundle) == 1 for bundle in bundles_of(units, Environment(batched=False), workers=1))
+    other_grid = Unit(method="tl", seed=0, finetune=FinetuneGrid(epochs=(3,)))
+    assert len(bundles_of([*units[:3], other_grid], Environment(), workers=1)) == 2

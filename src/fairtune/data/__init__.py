@@ -102,7 +102,8 @@ def dataset_errors(name: str) -> Iterator[None]:
 
 
 class NamedDatasetErrors:
-    """``function(config)`` whose FairtuneErrors name the data set of ``config.data`` (picklable, for sweep workers).
+    """``function(config)`` whose FairtuneErrors name the data set of ``config.data`` (picklable, for sweep workers);
+    ``config`` may also be a list of configs of one data set (a bundle of units).
 
     ``names`` maps ``DataConfig.model_dump_json()`` to the name the sweep config gives it.
     """
@@ -112,7 +113,8 @@ class NamedDatasetErrors:
         self.names = names
 
     def __call__(self, config: Any) -> Any:
-        with dataset_errors(self.names.get(config.data.model_dump_json(), config.data.dataset)):
+        data = (config[0] if isinstance(config, list) else config).data
+        with dataset_errors(self.names.get(data.model_dump_json(), data.dataset)):
             return self.function(config)
 
 

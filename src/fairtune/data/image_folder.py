@@ -15,12 +15,12 @@ import os
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
-from torchvision import transforms
 
 from .. import errors
 from .._validation import binary_labels, check_groups_present
@@ -28,6 +28,9 @@ from ..config import SplitConfig
 from ..errors import DataError
 from ._types import Split, Task
 from .tabular import group_split, read_csv
+
+if TYPE_CHECKING:  # torchvision is imported where images are read: a tabular run does not load it
+    from torchvision import transforms
 
 #: ImageNet statistics, which torchvision's pre-trained backbones expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,6 +42,8 @@ MISSING_ATTRIBUTE = "attribute {name!r} not found in {source}; available: {avail
 
 def image_transform(size: int = DEFAULT_IMAGE_SIZE) -> transforms.Compose:
     """Resize the shorter side to ``size``, center-crop ``size x size``, scale to [0, 1], normalize (ImageNet)."""
+    from torchvision import transforms
+
     return transforms.Compose([
         transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),

@@ -10,7 +10,9 @@ their writers. Per unit:
 2. the target layer's input features are computed once per split (kept in memory for the
    next unit of the same seed);
 3. every candidate setting of the method is trained on ``train`` and scored on ``val``
-   (:func:`select_on_validation`); the best is scored on ``test``.
+   (:class:`Selection`); the best is scored on ``test``. The candidates of every plain head
+   method (TL, f+SVD, WIN) of several seeds train together in one loop (:func:`fit_bundle`,
+   :mod:`fairtune.batched`), with the numbers of one loop per candidate.
 
 The method ``pretrained`` is a unit like any other: the model before fine-tuning, reported
 once per seed. Units run in this process, in local processes or on a Dask cluster
@@ -37,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._validation import check_groups_present
-from ..batched import train_candidates
+from ..batched import CandidateSet, predict_candidates, train_candidate_sets, train_candidates
 from ..catalogue import PRETRAINED, MethodSpec
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
 from ..constraints import FairnessTarget, fit_group_thresholds, select_under_target
@@ -69,6 +71,9 @@ NEEDS_INPUTS = (
     "use --retrain-scope last (FinetuneGrid(retrain_scope='last')) to fine-tune the target layer only"
 )
 VISION_ONLY = "--weights and --arch are for image data sets; {name!r} is tabular (its model is the MLP, see --hidden)"
+#: Seeds per bundle of units (:func:`bundles_of`) at most where results are stored as they finish: an interrupted
+#: sweep then loses at most this many seeds' work. (One loop over 10 seeds is about 10 % faster than two over 5.)
+STORED_BUNDLE_SEEDS = 5
 #: Prepared seeds kept in memory per process: the units of one seed usually run one after the other.
 PREPARED_KEPT = 2
 
@@ -244,67 +249,63 @@ def metrics_of(y_pred: np.ndarray, data: TrainingData) -> dict[str, float]:
     return evaluate(data.y.cpu().numpy(), y_pred, data.s.cpu().numpy())
 
 
-FitCandidate = Callable[[Any, int, Callable[[int, Fitted], None] | None], Fitted]
-
-
-TrainTogether = Callable[[Sequence[Any], Callable[[int, list[Fitted]], None]], None]
-
-
-def select_on_validation(method: Method, fit: FitCandidate, candidates: Sequence[Any], data: dict[str, TrainingData],
-                         grid: FinetuneGrid, target: FairnessTarget | None = None, thresholds: bool = False,
-                         train_together: TrainTogether | None = None) -> dict[str, Any]:
-    """Train every candidate and keep the one with the lowest validation score (``grid.selection``).
+@dataclass
+class Selection:
+    """Validation scores of a method's candidates, as they train; :meth:`best` keeps one (``grid.selection``).
 
     A method that trains by epochs is scored at each epoch count of the grid, as checkpoints of
-    one run of ``max(grid.epochs)`` epochs. With a fairness ``target``, the kept candidate is the
-    one with the lowest validation Err among those that meet it on validation, else the closest
+    one run of ``max(grid.epochs)`` epochs. Without a target the kept candidate has the lowest
+    validation score; ties go to the earlier candidate, then the earlier checkpoint, whatever
+    order they were scored in. With a fairness ``target`` it is the one with the lowest
+    validation Err among those that meet it on validation, else the closest
     (:func:`~fairtune.constraints.select_under_target`; ``met_on_val`` says which); with
-    ``thresholds``, per-group decision thresholds are then fitted on train and validation pooled
-    and decide its predictions. ``train_together(candidates, on_checkpoint)``, where given, trains
-    every candidate in one loop (:func:`fairtune.batched.train_candidates`, the same numbers as
-    one loop each); ties are broken the same way in both orders: the earlier candidate, then the
-    earlier checkpoint. Returns ``score, params`` (a dict), ``val`` (metrics), ``y_pred`` (test
-    predictions), ``trainable`` and ``select_seconds`` (the time spent scoring).
+    ``thresholds``, per-group decision thresholds are then fitted on train and validation
+    pooled and decide its predictions.
     """
-    score, checkpoints, best = SELECTION_SCORES[grid.selection], set(grid.epochs), {}
-    val, test = data["val"], data["test"]
-    scoring, kept = [0.0], []
 
-    def keep_if_best(epoch: int | None, fitted: Fitted, params: Any, index: int) -> None:
-        if epoch is not None and epoch not in checkpoints:
+    data: dict[str, TrainingData]
+    grid: FinetuneGrid
+    target: FairnessTarget | None = None
+    thresholds: bool = False
+    seconds: float = 0.0  # spent scoring
+    _best: dict[str, Any] = field(default_factory=dict)
+    _kept: list[dict[str, Any]] = field(default_factory=list)
+
+    def observe(self, epoch: int | None, fitted: Fitted, params: Any, index: int, val_pred: np.ndarray | None = None) -> None:
+        """Score candidate ``index`` (settings ``params``) after ``epoch`` (None: a method scored once).
+
+        ``val_pred``: its validation labels, where already computed (:func:`fairtune.batched.predict_candidates`).
+        """
+        if epoch is not None and epoch not in self.grid.epochs:
             return
         started = time.perf_counter()
-        val_metrics = metrics_of(fitted.predict(val.x, val.s), val)
+        val, test = self.data["val"], self.data["test"]
+        val_metrics = metrics_of(fitted.predict(val.x, val.s) if val_pred is None else val_pred, val)
         record = {} if params is None else params_record(params)
-        order = (score(val_metrics), index, epoch or 0)
-        if target is not None:
-            kept.append({"order": order[1:], "params": record if epoch is None else {**record, "epochs": epoch},
-                         "val": val_metrics, "y_pred": fitted.predict(test.x, test.s), "trainable": fitted.trainable_params,
-                         "scores": {name: fitted.scores(split.x) for name, split in data.items()} if thresholds else None})
-        elif not best or order < best["order"]:
-            best.update(order=order, score=order[0], params=record if epoch is None else {**record, "epochs": epoch},
-                        val=val_metrics, y_pred=fitted.predict(test.x, test.s), trainable=fitted.trainable_params)
-        scoring[0] += time.perf_counter() - started
+        order = (SELECTION_SCORES[self.grid.selection](val_metrics), index, epoch or 0)
+        if self.target is not None:
+            self._kept.append({"order": order[1:], "params": record if epoch is None else {**record, "epochs": epoch},
+                               "val": val_metrics, "y_pred": fitted.predict(test.x, test.s), "trainable": fitted.trainable_params,
+                               "scores": {name: fitted.scores(split.x) for name, split in self.data.items()} if self.thresholds else None})
+        elif not self._best or order < self._best["order"]:
+            self._best.update(order=order, score=order[0], params=record if epoch is None else {**record, "epochs": epoch},
+                              val=val_metrics, y_pred=fitted.predict(test.x, test.s), trainable=fitted.trainable_params)
+        self.seconds += time.perf_counter() - started
 
-    if train_together is not None:
-        train_together(candidates, lambda epoch, fitted: [keep_if_best(epoch, f, p, i) for i, (f, p) in
-                                                          enumerate(zip(fitted, candidates))])
-    else:
-        for index, params in enumerate(candidates):
-            if method.trains_by_epoch:
-                fit(params, max(checkpoints), lambda epoch, fitted, params=params, index=index: keep_if_best(epoch, fitted, params, index))
-            else:
-                keep_if_best(None, fit(params, max(checkpoints), None), params, index)
-    if target is not None:
+    def best(self) -> dict[str, Any]:
+        """``score, params`` (a dict), ``val`` (metrics), ``y_pred`` (test predictions), ``trainable``; with a
+        target also ``met_on_val`` (and ``thresholds``)."""
+        if self.target is None:
+            return dict(self._best)
         started = time.perf_counter()
-        kept.sort(key=lambda record: record["order"])  # the order of one loop per candidate, whatever ran
-        index, met = select_under_target([record["val"] for record in kept], target)
+        kept = sorted(self._kept, key=lambda record: record["order"])  # the order of one loop per candidate, whatever ran
+        index, met = select_under_target([record["val"] for record in kept], self.target)
         best = {**kept[index], "met_on_val": met}
-        if thresholds:  # the thresholds decide the predictions, and whether validation meets the target
-            best.update(apply_thresholds(best["scores"], data, target))
-            best["met_on_val"] = best["val"][target.metric] <= target.tolerance
-        scoring[0] += time.perf_counter() - started
-    return {**best, "select_seconds": scoring[0]}
+        if self.thresholds:  # the thresholds decide the predictions, and whether validation meets the target
+            best.update(apply_thresholds(best["scores"], self.data, self.target))
+            best["met_on_val"] = best["val"][self.target.metric] <= self.target.tolerance
+        self.seconds += time.perf_counter() - started
+        return best
 
 
 def apply_thresholds(scores: dict[str, np.ndarray], data: dict[str, TrainingData], target: FairnessTarget) -> dict[str, Any]:
@@ -338,12 +339,138 @@ def pooled(first: TrainingData, second: TrainingData) -> TrainingData:
     return TrainingData(torch.cat([first.x, second.x]), torch.cat([first.y, second.y]), torch.cat([first.s, second.s]))
 
 
-def trains_alike(method: Method, train: TrainingData) -> bool:
+def plain_head(method: Method) -> bool:
     """Whether every candidate of ``method`` is a plain head trained by :func:`~fairtune.training.train_classifier`
-    (no penalty, no target) on float32 CPU features: then they can train together (:mod:`fairtune.batched`)."""
+    (no penalty, no target)."""
     return (isinstance(method, HeadMethod) and method.trains_by_epoch and method.target is None
-            and type(method).fit is HeadMethod.fit and type(method).penalty is HeadMethod.penalty
-            and train.x.dtype == torch.float32 and train.x.device.type == "cpu")
+            and type(method).fit is HeadMethod.fit and type(method).penalty is HeadMethod.penalty)
+
+
+def trains_alike(method: Method, train: TrainingData) -> bool:
+    """A :func:`plain_head` method on float32 CPU features: its candidates can train together (:mod:`fairtune.batched`)."""
+    return plain_head(method) and train.x.dtype == torch.float32 and train.x.device.type == "cpu"
+
+
+@dataclass
+class MethodFit:
+    """One method spec fitted on one seed's features, in steps: :meth:`start`, train, :meth:`result`.
+
+    :func:`fit_method` runs the steps for one spec; :func:`fit_bundle` trains the candidates of
+    several (every plain head method of several seeds) in one loop between the same steps.
+    """
+
+    spec: MethodSpec
+    method: Method
+    fairness: FairnessTarget | None
+    grid: FinetuneGrid
+    target: nn.Module  # the layer, or the model of a ModelMethod
+    data: dict[str, TrainingData]
+    seed: int
+    context: Any
+    candidates: list[Any]
+    selection: Selection
+    rng_state: torch.Tensor  # torch's global RNG after `prepare`, where one training loop per candidate goes on from
+    group_names: tuple[str, ...] = ()
+    keep_predictions: bool = False
+    train_seconds: float = 0.0
+
+    @classmethod
+    def start(cls, spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[str, TrainingData], *, seed: int,
+              keep_predictions: bool = False, model_inputs: Callable[[], tuple[nn.Module, dict[str, TrainingData]]] | None = None,
+              group_names: Sequence[str] | None = None) -> MethodFit:
+        """Check the data, set the fairness target, and run the method's per-seed ``prepare`` (seeded; torch's RNG kept as it was)."""
+        started = time.perf_counter()
+        parsed = MethodSpec.parse(spec)
+        method = build_method(parsed, grid)
+        fairness = target_of(parsed)
+        target, data = layer, features
+        if isinstance(method, ModelMethod):
+            if model_inputs is None:
+                raise ConfigError(NEEDS_INPUTS.format(method=spec))
+            target, data = model_inputs()
+        for name, split in data.items():
+            check_groups_present(split.s.cpu().numpy(), int(data["train"].s.max()) + 1, where=name)
+        if fairness is not None:
+            method.constrain(fairness, pooled(data["train"], data["val"]))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            context = method.prepare(target, data["train"], grid)
+            candidates = method.candidates(target, grid)
+            rng_state = torch.random.get_rng_state()
+        return cls(parsed, method, fairness, grid, target, data, seed, context, candidates,
+                   Selection(data, grid, fairness, parsed.info.thresholds), rng_state, tuple(group_names or ()),
+                   keep_predictions, time.perf_counter() - started)
+
+    @property
+    def trains_alike(self) -> bool:
+        return trains_alike(self.method, self.data["train"])
+
+    def initial_heads(self) -> list[nn.Module]:
+        """Every candidate's head before training, trainable (for :mod:`fairtune.batched`)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.random.set_rng_state(self.rng_state)
+            return [self.method.initial_head(self.target, self.context, params).requires_grad_(True) for params in self.candidates]
+
+    def train(self, batched: bool = True) -> MethodFit:
+        """Train and score every candidate: one loop each, or (``batched``, a plain head method) one loop for all."""
+        started = time.perf_counter()
+        grid = self.grid
+
+        def fit(params: Any, epochs: int, on_epoch: Callable[[int, Fitted], None] | None) -> Fitted:
+            return self.method.fit(self.target, self.data["train"], self.context, params, epochs=epochs,
+                                   batch_size=grid.batch_size, seed=self.seed, on_epoch=on_epoch)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.random.set_rng_state(self.rng_state)
+            if batched and self.trains_alike:
+                heads = self.initial_heads()
+                sizes = [count_parameters(head) for head in heads]
+                train_candidates(heads, [params.lr for params in self.candidates], self.data["train"], epochs=max(grid.epochs),
+                                 batch_size=grid.batch_size, seed=self.seed, checkpoints=set(grid.epochs),
+                                 on_checkpoint=lambda epoch, trained: self.observe(epoch, trained, sizes))
+            else:
+                for index, params in enumerate(self.candidates):
+                    if self.method.trains_by_epoch:
+                        fit(params, max(grid.epochs), lambda epoch, fitted, params=params, index=index:
+                            self.selection.observe(epoch, fitted, params, index))
+                    else:
+                        self.selection.observe(None, fit(params, max(grid.epochs), None), params, index)
+        self.train_seconds += time.perf_counter() - started
+        return self
+
+    def observe(self, epoch: int, heads: Sequence[nn.Module], sizes: Sequence[int], val_pred: np.ndarray | None = None) -> None:
+        """Score the candidates' heads (trained together) after ``epoch``; ``val_pred`` ``(K, n_val)``, where computed."""
+        if val_pred is None and epoch in self.grid.epochs:
+            val_pred = predict_candidates(heads, self.data["val"].x)
+        for index, (head, size, params) in enumerate(zip(heads, sizes, self.candidates)):
+            self.selection.observe(epoch, FittedHead(head, size), params, index, None if val_pred is None else val_pred[index])
+
+    def result(self) -> UnitResult:
+        """The kept candidate's test metrics, selection record and predictions; the seconds per stage."""
+        best = self.selection.best()
+        spec, fairness, test = str(self.spec), self.fairness, self.data["test"]
+        select = self.selection.seconds
+        training = "peers" if self.spec.info.family == "peer" else "fine-tune"
+        stages = {training: self.train_seconds - select, "select": select}
+        seconds = 0.0 if self.spec.name == PRETRAINED else round(self.train_seconds, 4)
+        row = {"method": spec, "seed": self.seed, **metrics_of(best["y_pred"], test), "trainable_params": best["trainable"],
+               "fit_seconds": seconds}
+        selection = None if self.spec.name == PRETRAINED else {
+            "method": spec, "seed": self.seed, "params": best["params"], "val": best["val"], "selection": self.grid.selection}
+        if fairness is not None:
+            row["target_met"] = bool(row[fairness.metric] <= fairness.tolerance)
+            selection.update(target_record(fairness, best, row))
+            if not best["met_on_val"]:
+                logger.warning(NOT_MET_ON_VAL.format(method=spec, seed=self.seed, metric=fairness.metric,
+                                                     tolerance=fairness.tolerance, gap=best["val"][fairness.metric]))
+        predictions = None
+        if self.keep_predictions:
+            codes = test.s.cpu().numpy()
+            predictions = pd.DataFrame({"method": spec, "seed": self.seed, "y_true": test.y.cpu().numpy(), "y_pred": best["y_pred"],
+                                        "sensitive": codes})
+            if self.group_names:
+                predictions["group"] = [self.group_names[code] for code in codes]
+        return UnitResult(row, selection, predictions, stages, self.group_names)
 
 
 def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[str, TrainingData], *, seed: int,
@@ -353,65 +480,49 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
 
     A :class:`~fairtune.methods.ModelMethod` trains the model returned by ``model_inputs()`` on
     its raw inputs instead of the features. With ``batched``, the candidates of a plain head
-    method (TL, f+SVD, WIN) train in one loop, with the same result as one loop each. A fairness target (``win-eo:0.05``) trains each
-    candidate subject to it, its gap measured on train and validation pooled, and selects
-    under it; its selection record says whether validation and test met it. Torch's global RNG
-    is left as it was.
+    method (TL, f+SVD, WIN) train in one loop, with the same result as one loop each. A fairness
+    target (``win-eo:0.05``) trains each candidate subject to it, its gap measured on train and
+    validation pooled, and selects under it; its selection record says whether validation and
+    test met it. Torch's global RNG is left as it was.
     """
-    parsed = MethodSpec.parse(spec)
-    method = build_method(parsed, grid)
-    fairness = target_of(parsed)
-    target, data = layer, features
-    if isinstance(method, ModelMethod):
-        if model_inputs is None:
-            raise ConfigError(NEEDS_INPUTS.format(method=spec))
-        target, data = model_inputs()
-    for name, split in data.items():
-        check_groups_present(split.s.cpu().numpy(), int(data["train"].s.max()) + 1, where=name)
-    if fairness is not None:
-        method.constrain(fairness, pooled(data["train"], data["val"]))
-    start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        context = method.prepare(target, data["train"], grid)
+    return MethodFit.start(spec, grid, layer, features, seed=seed, keep_predictions=keep_predictions,
+                           model_inputs=model_inputs, group_names=group_names).train(batched).result()
 
-        def fit(params: Any, epochs: int, on_epoch: Callable[[int, Fitted], None] | None) -> Fitted:
-            return method.fit(target, data["train"], context, params, epochs=epochs, batch_size=grid.batch_size,
-                              seed=seed, on_epoch=on_epoch)
 
-        def train_together(candidates: Sequence[Any], on_checkpoint: Callable[[int, list[Fitted]], None]) -> None:
-            heads = [method.initial_head(target, context, params).requires_grad_(True) for params in candidates]
-            sizes = [count_parameters(head) for head in heads]
-            train_candidates(heads, [params.lr for params in candidates], data["train"], epochs=max(grid.epochs),
-                             batch_size=grid.batch_size, seed=seed, checkpoints=set(grid.epochs),
-                             on_checkpoint=lambda epoch, trained: on_checkpoint(epoch, [FittedHead(h, n) for h, n in zip(trained, sizes)]))
+def train_together(fits: Sequence[MethodFit]) -> None:
+    """Train the candidates of every fit (plain head methods, one grid) in one loop: each seed's candidates are
+    one :class:`~fairtune.batched.CandidateSet` (one batch order), and seeds whose training splits have the
+    same length train together. Each fit's candidates end, and are scored, as :meth:`MethodFit.train` would."""
+    by_length: dict[int, list[MethodFit]] = {}
+    for fit in fits:
+        by_length.setdefault(len(fit.data["train"]), []).append(fit)
+    for group in by_length.values():
+        started = time.perf_counter()
+        seeds: dict[int, list[MethodFit]] = {}
+        for fit in group:
+            seeds.setdefault(fit.seed, []).append(fit)
+        heads = {id(fit): fit.initial_heads() for fit in group}
+        sizes = {id(fit): [count_parameters(head) for head in heads[id(fit)]] for fit in group}
+        sets = [CandidateSet([head for fit in members for head in heads[id(fit)]],
+                             [params.lr for fit in members for params in fit.candidates], members[0].data["train"], seed)
+                for seed, members in seeds.items()]
+        grid = group[0].grid
 
-        together = train_together if batched and trains_alike(method, data["train"]) else None
-        best = select_on_validation(method, fit, method.candidates(target, grid), data, grid, fairness, parsed.info.thresholds,
-                                    train_together=together)
-    elapsed = time.perf_counter() - start
-    seconds = 0.0 if parsed.name == PRETRAINED else round(elapsed, 4)
-    training = "peers" if parsed.info.family == "peer" else "fine-tune"
-    stages = {training: elapsed - best["select_seconds"], "select": best["select_seconds"]}
-    test = data["test"]
-    row = {"method": spec, "seed": seed, **metrics_of(best["y_pred"], test), "trainable_params": best["trainable"],
-           "fit_seconds": seconds}
-    selection = None if parsed.name == PRETRAINED else {
-        "method": spec, "seed": seed, "params": best["params"], "val": best["val"], "selection": grid.selection}
-    if fairness is not None:
-        row["target_met"] = bool(row[fairness.metric] <= fairness.tolerance)
-        selection.update(target_record(fairness, best, row))
-        if not best["met_on_val"]:
-            logger.warning(NOT_MET_ON_VAL.format(method=spec, seed=seed, metric=fairness.metric, tolerance=fairness.tolerance,
-                                                 gap=best["val"][fairness.metric]))
-    predictions = None
-    if keep_predictions:
-        codes = test.s.cpu().numpy()
-        predictions = pd.DataFrame({"method": spec, "seed": seed, "y_true": test.y.cpu().numpy(), "y_pred": best["y_pred"],
-                                    "sensitive": codes})
-        if group_names:
-            predictions["group"] = [group_names[code] for code in codes]
-    return UnitResult(row, selection, predictions, stages, tuple(group_names or ()))
+        def observe(epoch: int, per_set: list[list[nn.Module]]) -> None:
+            for members, trained in zip(seeds.values(), per_set):
+                val_pred = predict_candidates(trained, members[0].data["val"].x) if epoch in grid.epochs else None
+                offset = 0
+                for fit in members:
+                    count = len(fit.candidates)
+                    fit.observe(epoch, trained[offset:offset + count], sizes[id(fit)],
+                                None if val_pred is None else val_pred[offset:offset + count])
+                    offset += count
+
+        train_candidate_sets(sets, epochs=max(grid.epochs), batch_size=grid.batch_size, checkpoints=set(grid.epochs),
+                             on_checkpoint=observe)
+        elapsed, total = time.perf_counter() - started, sum(len(fit.candidates) for fit in group)
+        for fit in group:  # the shared loop's time, shared by candidates
+            fit.train_seconds += elapsed * len(fit.candidates) / total
 
 
 def target_record(target: FairnessTarget, best: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
@@ -424,16 +535,69 @@ def target_record(target: FairnessTarget, best: dict[str, Any], row: dict[str, A
     return record
 
 
-def fit_unit(unit: Unit, env: Environment) -> UnitResult:
-    """Compute one unit (with one torch thread; see the module docstring)."""
+def start_unit(unit: Unit, env: Environment) -> tuple[MethodFit, dict[str, float]]:
+    """The unit's seed prepared and its method started; the seconds the preparation took (none if done before)."""
     preparation: dict[str, float] = {}
-    with intra_op_threads(1):
-        prepared = prepare(unit, env, stages=preparation)
-        result = fit_method(unit.method, unit.finetune, prepared.layer, prepared.features, seed=unit.seed,
-                            keep_predictions=env.keep_predictions, group_names=prepared.task.group_names, batched=env.batched,
-                            model_inputs=lambda: (prepared.model, prepared.inputs(unit.method)))
+    prepared = prepare(unit, env, stages=preparation)
+    fit = MethodFit.start(unit.method, unit.finetune, prepared.layer, prepared.features, seed=unit.seed,
+                          keep_predictions=env.keep_predictions, group_names=prepared.task.group_names,
+                          model_inputs=lambda: (prepared.model, prepared.inputs(unit.method)))
+    return fit, preparation
+
+
+def _with_preparation(result: UnitResult, preparation: dict[str, float]) -> UnitResult:
     result.stage_seconds = {**preparation, **result.stage_seconds}
     return result
+
+
+def fit_unit(unit: Unit, env: Environment) -> UnitResult:
+    """Compute one unit (with one torch thread; see the module docstring)."""
+    with intra_op_threads(1):
+        fit, preparation = start_unit(unit, env)
+        return _with_preparation(fit.train(env.batched).result(), preparation)
+
+
+def fit_bundle(units: Sequence[Unit], env: Environment) -> list[UnitResult]:
+    """Compute units of one grid (see :func:`bundle_units`): the candidates of every plain head method of every
+    seed train in one loop (:func:`train_together`), the other units one by one; results in the order of ``units``."""
+    with intra_op_threads(1):
+        started = [start_unit(unit, env) for unit in units]
+        stacked = [env.batched and fit.trains_alike for fit, _ in started]
+        train_together([fit for (fit, _), stacks in zip(started, stacked) if stacks])
+        return [_with_preparation((fit if stacks else fit.train(env.batched)).result(), preparation)
+                for (fit, preparation), stacks in zip(started, stacked)]
+
+
+def bundles_of(units: Sequence[Unit], env: Environment, workers: int | None, max_seeds: int | None = None) -> list[list[Unit]]:
+    """The executor's tasks: units that share data, pre-training, grid and layer, whose method is a plain head
+    method (or ``pretrained``), go in one bundle (:func:`fit_bundle`), split by seed into ``workers`` bundles
+    (one per seed if None) of at most ``max_seeds`` seeds; every other unit is a task of its own. Bundles come
+    where their first unit was. Without ``env.batched``, or on a device other than the CPU, every unit is a
+    task of its own."""
+    if not env.batched or env.device not in (None, "cpu"):
+        return [[unit] for unit in units]
+    tasks: list[list[Unit] | dict[int, list[Unit]]] = []
+    groups: dict[str, dict[int, list[Unit]]] = {}
+    for unit in units:
+        spec = MethodSpec.parse(unit.method)
+        if spec.name != PRETRAINED and (spec.info.constraint is not None or not plain_head(build_method(spec, unit.finetune))):
+            tasks.append([unit])
+            continue
+        key = unit_key(data=unit.data.model_dump(mode="json"), pretrain=unit.pretrain.model_dump(mode="json"),
+                       finetune=unit.finetune.model_dump(mode="json"), layer=unit.target_layer)
+        if key not in groups:
+            groups[key] = {}
+            tasks.append(groups[key])
+        groups[key].setdefault(unit.data_seed, []).append(unit)
+    out: list[list[Unit]] = []
+    for task in tasks:
+        if isinstance(task, list):
+            out.append(task)
+            continue
+        seeds = list(task.values())
+        chunks = max(1 if max_seeds is None else -(-len(seeds) // max_seeds), len(seeds) if workers is None else min(workers, len(seeds)))
+        out += [[unit for seed_units in seeds[i::chunks] for unit in seed_units] for i in range(chunks)]
+    return out
 
 
 def stage_totals(results: Sequence[UnitResult]) -> dict[str, float]:
@@ -454,8 +618,10 @@ def execute(
     """Compute every unit not yet in ``store``; return all results in the order of ``units``.
 
     Each distinct seed is prepared once before its units (filling the on-disk caches, so that
-    parallel workers do not pre-train the same model twice). ``on_unit`` sees each unit as it
-    finishes. ``dataset_names`` (``DataConfig`` JSON -> name) makes a unit's error name its data set.
+    parallel workers do not pre-train the same model twice). The units run in bundles
+    (:func:`bundles_of`): the plain head methods of several seeds train in one loop, with the
+    results of one loop per candidate; with a ``store``, a bundle holds at most
+    :data:`STORED_BUNDLE_SEEDS` seeds. ``on_unit`` sees each unit as it finishes. ``dataset_names`` (``DataConfig`` JSON -> name) makes a unit's error name its data set.
     ``progress`` is the description of a progress bar over the distinct units (those found in
     ``store`` count as done); None shows none.
     """
@@ -471,21 +637,24 @@ def execute(
         if pending:
             seeds = list({_preparation_key(unit, env): unit for _, unit in pending}.values())
             with executor or SerialExecutor() as tasks:
-                prepare_task, fit_task = functools.partial(prepare_seed, env=env), functools.partial(fit_unit, env=env)
+                prepare_task, fit_task = functools.partial(prepare_seed, env=env), functools.partial(fit_bundle, env=env)
                 if dataset_names:
                     prepare_task, fit_task = NamedDatasetErrors(prepare_task, dataset_names), NamedDatasetErrors(fit_task, dataset_names)
                 if tasks.parallel:
                     for _ in tasks.imap(prepare_task, seeds):
                         pass
-                for index, result in tasks.imap(fit_task, [unit for _, unit in pending]):
-                    key, unit = pending[index]
-                    results[key] = result
-                    if store is not None:
-                        store.put(key, {"unit": unit.model_dump(mode="json"), **result.record()})
-                    bar.set_postfix_str(f"seed {unit.seed} {unit.method}")
-                    bar.update(1)
-                    if on_unit:
-                        on_unit(unit)
+                bundles = bundles_of([unit for _, unit in pending], env, tasks.workers,
+                                     max_seeds=None if store is None else STORED_BUNDLE_SEEDS)
+                for index, bundle_results in tasks.imap(fit_task, bundles):
+                    for unit, result in zip(bundles[index], bundle_results):
+                        key = unit.key
+                        results[key] = result
+                        if store is not None:
+                            store.put(key, {"unit": unit.model_dump(mode="json"), **result.record()})
+                        bar.set_postfix_str(f"seed {unit.seed} {unit.method}")
+                        bar.update(1)
+                        if on_unit:
+                            on_unit(unit)
     return [results[key] for key in keys]
 
 

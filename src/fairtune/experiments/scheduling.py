@@ -21,8 +21,6 @@ from ..errors import ConfigError
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 
 
-
-
 @contextlib.contextmanager
 def _interrupts_ignored() -> Iterator[None]:
     """Ignore SIGINT in the block (processes started in it inherit that); only the main thread can."""
@@ -41,6 +39,8 @@ class SerialExecutor:
 
     #: Whether tasks run in other processes (which share the on-disk caches, not this process's memory).
     parallel: bool = False
+    #: How many tasks run at once (None: as many as the cluster has room for).
+    workers: int | None = 1
 
     def __enter__(self) -> SerialExecutor:
         return self
@@ -60,7 +60,7 @@ class ProcessExecutor(SerialExecutor):
     parallel = True
 
     def __init__(self, processes: int) -> None:
-        self.processes = processes
+        self.processes = self.workers = processes
         self._pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> ProcessExecutor:
@@ -86,6 +86,7 @@ class DaskExecutor(SerialExecutor):
     """Run tasks on the Dask cluster at ``scheduler`` (``tcp://HOST:PORT``); its workers need fairtune installed."""
 
     parallel = True
+    workers = None
 
     def __init__(self, scheduler: str) -> None:
         self.scheduler = scheduler

@@ -26,19 +26,20 @@ from __future__ import annotations
 
 import numbers
 from abc import abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from fairlearn.postprocessing import ThresholdOptimizer
-from fairlearn.reductions import DemographicParity, EqualizedOdds, ExponentiatedGradient
 from sklearn.linear_model import LogisticRegression
 from torch import Tensor, nn
 
 from ..config import FinetuneGrid
 from ..training import TrainingData
 from .base import Fitted, HeadMethod, OnEpoch
+
+if TYPE_CHECKING:  # fairlearn is imported where a peer is fitted: a run without peers does not load it
+    from fairlearn.postprocessing import ThresholdOptimizer
+    from fairlearn.reductions import ExponentiatedGradient
 
 #: The regularization of every peer's logistic regression (scikit-learn's default C).
 LOGREG_C = 1.0
@@ -89,6 +90,9 @@ class FittedPeer:
     random_state: int
 
     def predict(self, x: Tensor, s: Tensor | None = None) -> np.ndarray:
+        from fairlearn.postprocessing import ThresholdOptimizer
+        from fairlearn.reductions import ExponentiatedGradient
+
         features = as_float64(x)
         if isinstance(self.estimator, ThresholdOptimizer):
             if s is None:
@@ -130,13 +134,17 @@ class LogisticRegressionHead(Peer):
 class ExponentiatedGradientPeer(Peer):
     """fairlearn's ExponentiatedGradient reduction around a logistic regression."""
 
-    constraint: ClassVar[Callable[[], Any]]
+    #: The name of a ``fairlearn.reductions`` constraint class.
+    constraint: ClassVar[str]
 
     def candidates(self, target: nn.Linear, grid: FinetuneGrid) -> list[PeerParams]:
         return [PeerParams(LOGREG_C, eps) for eps in EG_EPS]
 
     def fit_estimator(self, train: TrainingData, params: PeerParams, seed: int) -> FittedPeer:
-        reduction = ExponentiatedGradient(logistic_regression(params, seed), self.constraint(), eps=params.eps)
+        from fairlearn import reductions
+
+        constraint = getattr(reductions, self.constraint)()
+        reduction = reductions.ExponentiatedGradient(logistic_regression(params, seed), constraint, eps=params.eps)
         reduction.fit(as_float64(train.x), train.y.numpy(), sensitive_features=train.s.numpy())
         used = [p for p, w in zip(reduction.predictors_, reduction.weights_) if w > 0]
         return FittedPeer(reduction, sum(logreg_size(p) for p in used), seed)
@@ -145,13 +153,13 @@ class ExponentiatedGradientPeer(Peer):
 class ExponentiatedGradientEO(ExponentiatedGradientPeer):
     """ExponentiatedGradient with ``EqualizedOdds``."""
 
-    constraint = EqualizedOdds
+    constraint = "EqualizedOdds"
 
 
 class ExponentiatedGradientDP(ExponentiatedGradientPeer):
     """ExponentiatedGradient with ``DemographicParity``."""
 
-    constraint = DemographicParity
+    constraint = "DemographicParity"
 
 
 class ThresholdOptimizerPeer(Peer):
@@ -160,6 +168,8 @@ class ThresholdOptimizerPeer(Peer):
     constraint: ClassVar[str]
 
     def fit_estimator(self, train: TrainingData, params: PeerParams, seed: int) -> FittedPeer:
+        from fairlearn.postprocessing import ThresholdOptimizer
+
         optimizer = ThresholdOptimizer(
             estimator=logistic_regression(params, seed), constraints=self.constraint,
             prefit=False, predict_method="predict_proba",

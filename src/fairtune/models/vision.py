@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -68,6 +67,8 @@ class SmallCNN(nn.Sequential):
 
 
 def _torchvision_model(arch: str, **kwargs: object) -> nn.Module:
+    import torchvision  # imported on use: a tabular run does not load it
+
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise ModelError(UNKNOWN_ARCH.format(arch=arch, examples="resnet18, resnet34, mobilenet_v3_small, efficientnet_b0"))
     return torchvision.models.get_model(arch, weights=None, **kwargs)
