@@ -24,6 +24,7 @@ import multiprocessing
 import platform
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -209,17 +210,20 @@ def resample_train(task: Task, factor: int, seed: int) -> Task:
     return dataclasses.replace(task, train=train)
 
 
-def _e2e_child(factor: int, config_json: str) -> dict[str, float]:
-    """In a fresh process: register the resampled Adult loader, run, return wall time and peak RSS."""
+def _e2e_child(factor: int, config_json: str, batched: bool = True) -> dict[str, Any]:
+    """In a fresh process: register the resampled Adult loader, run (writing a run folder), return wall time,
+    peak RSS and seconds per stage."""
     LOADERS[f"adult_x{factor}"] = lambda config, seed: resample_train(
         adult_task(seed=seed, split=config.split, keep_sensitive=config.keep_sensitive), factor, seed)
     config = RunConfig.model_validate_json(config_json)
     config = config.model_copy(update={"data": DataConfig(dataset=f"adult_x{factor}")})
-    start = time.perf_counter()
-    result = run(config, progress=False)
-    wall = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        result = run(config, out=Path(out) / "run", progress=False, batched=batched)
+        wall = time.perf_counter() - start
     summary = result.results.groupby("method", sort=False)[["err", "delta_eo"]].mean().round(4).to_dict(orient="index")
-    return {"wall_seconds": wall, "peak_rss_mb": peak_rss_mb(), "metrics": summary}
+    return {"wall_seconds": wall, "peak_rss_mb": peak_rss_mb(), "stage_seconds": result.stage_seconds, "metrics": summary,
+            "results": result.results.drop(columns="fit_seconds").to_json()}
 
 
 def peak_rss_mb() -> float:
@@ -231,6 +235,8 @@ def peak_rss_mb() -> float:
 
 
 def bench_e2e(quick: bool, cache_dir: str) -> list[dict[str, Any]]:
+    """Each size batched (the default), and the 1x size also with one loop per candidate (``batched=False``),
+    each in a fresh process: wall time, peak RSS, seconds per stage, and the serial/batched ratios."""
     grid = FinetuneGrid(ranks=(1,), lrs=(0.01,), epochs=(5,), operators=("mean",)) if quick else FinetuneGrid()
     seeds = tuple(range(2 if quick else 10))
     config = RunConfig(finetune=grid, seeds=seeds, methods=("tl", "svd", "win"), cache_dir=cache_dir)
@@ -239,14 +245,23 @@ def bench_e2e(quick: bool, cache_dir: str) -> list[dict[str, Any]]:
     with context.Pool(1) as pool:
         pool.apply(_warm_cache, (config.model_dump_json(),))
     out = []
-    for factor in (1, 2, 4):
+    for factor, batched in ((1, False), (1, True), (2, True), (4, True)):
         with context.Pool(1, maxtasksperchild=1) as pool:
-            r = pool.apply(_e2e_child, (factor, config.model_dump_json()))
-        out.append({"train_multiplier": factor, "train_rows": 12287 * factor, "seeds": len(seeds), **r})
-        base = out[0]
+            r = pool.apply(_e2e_child, (factor, config.model_dump_json(), batched))
+        out.append({"train_multiplier": factor, "train_rows": 12287 * factor, "seeds": len(seeds), "batched": batched, **r})
+        stages = ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in r["stage_seconds"].items())
         say(f"e2e adult [train x{factor} = {12287 * factor} rows, {len(seeds)} seeds, tl/svd/win, "
-            f"{'quick grid' if quick else 'full grid'}] wall {r['wall_seconds']:.1f} s ({r['wall_seconds'] / base['wall_seconds']:.2f}x of x1)"
-            f" | peak RSS {r['peak_rss_mb']:.0f} MB ({r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x of x1)")
+            f"{'quick grid' if quick else 'full grid'}, {'batched' if batched else 'one loop per candidate'}] "
+            f"wall {r['wall_seconds']:.1f} s | peak RSS {r['peak_rss_mb']:.0f} MB | seconds per stage: {stages}")
+    serial, base = out[0], out[1]
+    say(f"e2e serial / batched, same run: wall {serial['wall_seconds'] / base['wall_seconds']:.2f}x, fine-tune stage "
+        f"{serial['stage_seconds']['fine-tune'] / base['stage_seconds']['fine-tune']:.2f}x; "
+        f"results equal: {serial['results'] == base['results']}")
+    for r in out[2:]:
+        say(f"e2e train x{r['train_multiplier']}: wall {r['wall_seconds'] / base['wall_seconds']:.2f}x of x1, "
+            f"peak RSS {r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x of x1")
+    for r in out:
+        del r["results"]
     return out
 
 
