@@ -57,7 +57,7 @@ def surrogate_rates(logits: Tensor, y: Tensor, s: Tensor, constraint: str, n_gro
 
 
 def _rate_masks(y: Tensor, s: Tensor, constraint: str, n_groups: int) -> Tensor:
-    groups = (s[None, :] == torch.arange(n_groups)[:, None]).float()
+    groups = (s[None, :] == torch.arange(n_groups, device=s.device)[:, None]).float()
     if constraint == "dp":
         return groups[:, None, :]
     return torch.stack([groups * (y == 1), groups * (y == 0)], dim=1)
@@ -71,9 +71,9 @@ def measured_rows(module: nn.Module, data: TrainingData, target: FairnessTarget,
     """
     was_training = module.training
     module.eval()
-    predicted = (module(data.x).argmax(dim=1) == 1).numpy()
+    predicted = (module(data.x).argmax(dim=1) == 1).cpu().numpy()
     module.train(was_training)
-    y, s = data.y.numpy(), data.s.numpy()
+    y, s = data.y.cpu().numpy(), data.s.cpu().numpy()
     tp = np.array([(predicted & (y == 1) & (s == g)).sum() for g in range(n_groups)])
     fp = np.array([(predicted & (y == 0) & (s == g)).sum() for g in range(n_groups)])
     n_pos = np.array([((y == 1) & (s == g)).sum() for g in range(n_groups)])
@@ -89,7 +89,8 @@ def measured_rows(module: nn.Module, data: TrainingData, target: FairnessTarget,
             allowance[g, h] = float((expected_abs(gap, np.sqrt(scale * (variance[g] + variance[h]))) - np.abs(gap)).sum())
         pairs = [tuple(np.nonzero(np.abs(row).sum(axis=1))[0]) for row in rows]
         values = values + np.array([allowance[pair] for pair in pairs])
-    return torch.tensor(values, dtype=torch.float32), torch.tensor(rates, dtype=torch.float32)
+    device = data.x.device
+    return torch.tensor(values, dtype=torch.float32, device=device), torch.tensor(rates, dtype=torch.float32, device=device)
 
 
 def train_constrained(
@@ -129,7 +130,7 @@ def train_constrained(
     measure = train if constraint_data is None else constraint_data
     n_groups = int(max(train.s.max(), measure.s.max())) + 1
     rows = constraint_rows(target.constraint, n_groups)
-    problem = fairness_problem(rows, target, tau, n_groups)
+    problem = fairness_problem(rows, target, tau, n_groups, device=parameters[0].device)
     primal = torch.optim.Adam(parameters, lr=lr)
     dual = cooper.optim.nuPI(problem.dual_parameters(), lr=dual_lr, Kp=damping, Ki=1.0, maximize=True)
     optimizer = cooper.optim.SimultaneousOptimizer(cmp=problem, primal_optimizers=primal, dual_optimizers=dual)
@@ -168,11 +169,12 @@ def _keep_if_best_feasible(
     return best
 
 
-def fairness_problem(rows: np.ndarray, target: FairnessTarget, temperature: float, n_groups: int):  # noqa: ANN201 (a cooper class)
-    """cooper's ``ConstrainedMinimizationProblem``: CE subject to the target's rows (surrogate and measured)."""
+def fairness_problem(rows: np.ndarray, target: FairnessTarget, temperature: float, n_groups: int,
+                     device: torch.device | None = None):  # noqa: ANN201 (a cooper class)
+    """cooper's ``ConstrainedMinimizationProblem``: CE subject to the target's rows (surrogate and measured), on ``device``."""
     import cooper
 
-    rows_t = torch.tensor(rows, dtype=torch.float32)
+    rows_t = torch.tensor(rows, dtype=torch.float32, device=device)
 
     class FairnessProblem(cooper.ConstrainedMinimizationProblem):
         def __init__(self) -> None:
@@ -180,7 +182,7 @@ def fairness_problem(rows: np.ndarray, target: FairnessTarget, temperature: floa
             self.fairness = cooper.Constraint(
                 constraint_type=cooper.ConstraintType.INEQUALITY,
                 formulation_type=cooper.formulations.Lagrangian,
-                multiplier=cooper.multipliers.DenseMultiplier(num_constraints=len(rows)),
+                multiplier=cooper.multipliers.DenseMultiplier(num_constraints=len(rows), device=device),
             )
 
         def compute_cmp_state(self, logits: Tensor, y: Tensor, s: Tensor, measured: Tensor, rates: Tensor) -> cooper.CMPState:

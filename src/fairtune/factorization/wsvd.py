@@ -50,7 +50,7 @@ def weighted_svd(weight: Tensor, rank: int, row_importance: Tensor | None = None
     """
     check_rank(rank, weight)
     w = weight.detach().to(torch.float64).T  # paper layout, d x k
-    iota = torch.ones(w.shape[0], dtype=torch.float64) if row_importance is None else row_importance.detach().to(torch.float64).to(w.device)
+    iota = torch.ones(w.shape[0], dtype=torch.float64, device=w.device) if row_importance is None else row_importance.detach().to(torch.float64).to(w.device)
     if iota.shape != (w.shape[0],) or not bool((iota > 0).all()):
         raise ValueError(f"row importance must be a positive vector of length {w.shape[0]}")
     u, s, vh = torch.linalg.svd(iota[:, None] * w, full_matrices=False)

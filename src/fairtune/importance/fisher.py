@@ -63,17 +63,19 @@ def squared_residuals(logits: Tensor, labels: Tensor | None, kind: Literal["empi
 
 
 class _GroupSums:
-    """Running per-group sums of squared per-sample gradients of a linear layer."""
+    """Running per-group sums of squared per-sample gradients of a linear layer, on the layer's device."""
 
-    def __init__(self, n_groups: int, k: int, d: int) -> None:
+    def __init__(self, n_groups: int, k: int, d: int, device: torch.device | None = None) -> None:
         self.n_groups, self.k, self.d = n_groups, k, d
-        self.weight = torch.zeros(n_groups * k, d, dtype=torch.float64)
-        self.bias = torch.zeros(n_groups * k, dtype=torch.float64)
-        self.counts = torch.zeros(n_groups, dtype=torch.float64)
-        self._square = torch.empty(0, d, dtype=torch.float64)  # X⊙X of a batch, reused: a fresh n x d tensor per batch costs ~3x
+        self.weight = torch.zeros(n_groups * k, d, dtype=torch.float64, device=device)
+        self.bias = torch.zeros(n_groups * k, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(n_groups, dtype=torch.float64, device=device)
+        self._square = torch.empty(0, d, dtype=torch.float64, device=device)  # X⊙X of a batch, reused: a fresh n x d tensor per batch costs ~3x
 
     def add(self, x: Tensor, delta2: Tensor, groups: Tensor) -> None:
         """Add a batch: layer inputs ``x`` ``(n, d)``, squared output gradients ``delta2`` ``(n, k)``."""
+        device = self.weight.device
+        x, delta2, groups = x.to(device), delta2.to(device), groups.to(device)
         membership = F.one_hot(groups, self.n_groups).double()  # (n, G)
         per_group = (membership[:, :, None] * delta2[:, None, :]).reshape(len(x), self.n_groups * self.k)
         if len(self._square) < len(x) or self._square.dtype != x.dtype or self._square.device != x.device:
@@ -106,10 +108,10 @@ def group_fisher(
     int64 class indices, ``groups`` int64 codes in ``0..n_groups-1``. Float64 throughout.
     """
     k, d = layer.weight.shape
-    sums = _GroupSums(n_groups, k, d)
+    sums = _GroupSums(n_groups, k, d, layer.weight.device)
     w, b = layer.weight.double(), None if layer.bias is None else layer.bias.double()
     for inputs, labels, groups in batches:
-        x = inputs.double()
+        x, labels = inputs.to(w.device, torch.float64), labels.to(w.device)
         sums.add(x, squared_residuals(F.linear(x, w, b), labels, kind), groups)
     return sums.result()
 
@@ -131,7 +133,7 @@ def inner_layer_fisher(
     classes c (one backward pass per class).
     """
     k, d = layer.weight.shape
-    sums = _GroupSums(n_groups, k, d)
+    sums = _GroupSums(n_groups, k, d, layer.weight.device)
     seen: dict[str, Tensor] = {}
 
     def capture(_module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
@@ -142,6 +144,7 @@ def inner_layer_fisher(
     try:
         for inputs, labels, groups in batches:
             log_probs = head(inputs.to(layer.weight)).log_softmax(dim=1)
+            labels = labels.to(log_probs.device)
             x, z = seen["x"].detach().double(), seen["z"]
             if kind == "empirical":
                 (delta,) = torch.autograd.grad(log_probs.gather(1, labels[:, None]).sum(), z)
