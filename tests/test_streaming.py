@@ -1,5 +1,5 @@
-"""Memory at scale: the tabular encoder written in row chunks. It gives the same numbers as the one-shot
-computation it replaced."""
+"""Memory at scale: the tabular encoder written in row chunks, and features written batch by batch. Each gives
+the same numbers as the one-shot computation it replaced."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from fairtune.data import load_adult_frame, load_task, split_indices
 from fairtune.data.adult import ADULT_SPLIT
 from fairtune.data.tabular import TableEncoder, group_split, read_csv
 from fairtune.errors import DataError
+from fairtune.models import MLP, extract_features
 
 from conftest import generated_frame
 
@@ -115,3 +116,18 @@ def test_csv_task_splits_equal_the_one_shot_encoding(write_csv) -> None:
         assert split.inputs.numpy().tobytes() == expected.tobytes()
         assert np.array_equal(split.y, y[parts[name]]) and np.array_equal(split.s, s[parts[name]])
     assert task.feature_names == names
+
+
+# ----- features --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch_size", [1, 64, 1000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_features_are_the_activations_of_each_batch(batch_size: int, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    model = MLP(5, (8, 4)).to(dtype).eval()
+    x = torch.randn(333, 5, dtype=dtype)
+    backbone = torch.nn.Sequential(*list(model.children())[:-1])
+    with torch.no_grad():
+        expected = torch.cat([backbone(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).float()
+    features = extract_features(model, model.output, x, batch_size=batch_size)
+    assert features.dtype == torch.float32 and torch.equal(features, expected)
