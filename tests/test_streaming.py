@@ -1,5 +1,5 @@
-"""Memory at scale: the tabular encoder written in row chunks, and features written batch by batch. Each gives
-the same numbers as the one-shot computation it replaced."""
+"""Memory at scale: the tabular encoder written in row chunks, features written batch by batch, and a prepared
+seed that keeps features but not inputs. Each gives the same numbers as the one-shot computation it replaced."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from sklearn.compose import ColumnTransformer
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from fairtune._validation import binary_labels
-from fairtune.config import DataConfig, SplitConfig
+from fairtune.config import DataConfig, FinetuneGrid, PretrainConfig, SplitConfig
 from fairtune.data import load_adult_frame, load_task, split_indices
 from fairtune.data.adult import ADULT_SPLIT
 from fairtune.data.tabular import TableEncoder, group_split, read_csv
 from fairtune.errors import DataError
+from fairtune.experiments.engine import Environment, Unit, compare_on_features, execute, new_task_splits, prepare
 from fairtune.models import MLP, extract_features
+from fairtune.training import TrainingData
 
 from conftest import generated_frame
 
@@ -131,3 +133,38 @@ def test_features_are_the_activations_of_each_batch(batch_size: int, dtype: torc
         expected = torch.cat([backbone(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).float()
     features = extract_features(model, model.output, x, batch_size=batch_size)
     assert features.dtype == torch.float32 and torch.equal(features, expected)
+
+
+# ----- a prepared seed ---------------------------------------------------------------------------
+
+def small_unit(path, method: str) -> Unit:
+    data = DataConfig(dataset="csv", csv=str(path), target="label", sensitive="group", positive="yes")
+    return Unit(data=data, pretrain=PretrainConfig(epochs=2, hidden=(8, 4)), finetune=FinetuneGrid(epochs=(2,), lrs=(0.01,)),
+                method=method, seed=1)
+
+
+def test_a_prepared_seed_keeps_features_and_reloads_the_same_inputs(write_csv, tmp_path) -> None:
+    unit = small_unit(write_csv(generated_frame(1500)), "retrain-eo")
+    prepared = prepare(unit, Environment(cache_dir=str(tmp_path)))
+    assert set(vars(prepared)) == {"group_names", "model", "layer", "features", "reload", "_inputs"}
+    assert prepared._inputs is None  # nothing but the features until a whole-model method asks
+    task = load_task(unit.data, seed=unit.data_seed)
+    inputs = prepared.inputs(unit.method)
+    assert prepared.group_names == task.group_names
+    for name, split in new_task_splits(task).items():
+        assert torch.equal(inputs[name].x, split.inputs)
+        assert np.array_equal(inputs[name].y.numpy(), split.y) and np.array_equal(inputs[name].s.numpy(), split.s)
+        assert torch.equal(prepared.features[name].x, extract_features(prepared.model, prepared.layer, split.inputs))
+
+
+def test_a_whole_model_unit_equals_its_fit_on_freshly_loaded_inputs(write_csv, tmp_path) -> None:
+    unit = small_unit(write_csv(generated_frame(1500)), "retrain-eo")
+    env = Environment(cache_dir=str(tmp_path))
+    (result,) = execute([unit], env)
+    prepared = prepare(unit, env)
+    task = load_task(unit.data, seed=unit.data_seed)
+    inputs = {name: TrainingData.from_arrays(split.inputs, split.y, split.s) for name, split in new_task_splits(task).items()}
+    expected = compare_on_features(prepared.layer, prepared.features, [unit.method], unit.finetune, seed=unit.seed,
+                                   model=prepared.model, inputs=inputs)[-1]
+    assert {k: v for k, v in result.row.items() if k != "fit_seconds"} == {k: v for k, v in expected.row.items() if k != "fit_seconds"}
+    assert result.selection == expected.selection
