@@ -76,12 +76,21 @@ def finite_features(x: np.ndarray, *, columns: Sequence[str] | None = None) -> n
     array = np.asarray(x, dtype=np.float32)
     if array.ndim != 2:
         raise DataError(f"features must be a 2-d array (samples x features), got shape {array.shape}")
-    bad = ~np.isfinite(array)
+    check_finite_counts(nonfinite_per_column(array), columns=columns)
+    return array
+
+
+def nonfinite_per_column(x: np.ndarray) -> np.ndarray:
+    """NaN or infinite entries of each column of a 2-d ``x``, int64: block sums add up to the whole's."""
+    return (~np.isfinite(x)).sum(axis=0, dtype=np.int64)
+
+
+def check_finite_counts(bad: np.ndarray, *, columns: Sequence[str] | None = None) -> None:
+    """Refuse features with non-finite entries, given their count per column (:func:`nonfinite_per_column`)."""
     if bad.any():
-        cols = np.flatnonzero(bad.any(axis=0))
+        cols = np.flatnonzero(bad)
         shown = [columns[i] for i in cols[:5]] if columns is not None else [str(i) for i in cols[:5]]
         raise DataError(errors.NAN_FEATURES.format(count=int(bad.sum()), columns=", ".join(shown)))
-    return array
 
 
 def check_groups_present(s: np.ndarray, n_groups: int, *, where: str, names: Sequence[str] | None = None) -> None:

@@ -147,23 +147,30 @@ class UnitResult:
 
 @dataclass
 class Prepared:
-    """A seed's task, pre-trained model, target layer and per-split features (computed once)."""
+    """A seed's pre-trained model, target layer and per-split features (computed once), and its group names.
 
-    task: Task
+    The task itself is not kept: once the features exist, the head methods need nothing else,
+    and the inputs of every split (the encoded table, several times the size of the features)
+    would stay in memory for as long as the seed is kept. ``reload`` loads the task again (the
+    same split: loaders are seeded) for a method that trains the whole model; it is None where
+    the inputs are not tensors (image data sets).
+    """
+
+    group_names: tuple[str, ...]
     model: nn.Module
     layer: nn.Linear
     features: dict[str, TrainingData]
+    reload: Callable[[], Task] | None = field(default=None, repr=False)
     _inputs: dict[str, TrainingData] | None = field(default=None, repr=False)
 
     def inputs(self, method: str) -> dict[str, TrainingData]:
         """The model's own inputs per split, for a method that trains the whole model (tabular only)."""
         if self._inputs is None:
-            splits = new_task_splits(self.task)
-            if not all(isinstance(split.inputs, torch.Tensor) for split in splits.values()):
+            if self.reload is None:
                 raise ConfigError(NEEDS_INPUTS.format(method=method))
             device = self.layer.weight.device
             self._inputs = {name: TrainingData.from_arrays(split.inputs, split.y, split.s).to(device)
-                            for name, split in splits.items()}
+                            for name, split in new_task_splits(self.reload()).items()}
         return self._inputs
 
 
@@ -231,7 +238,9 @@ def prepare(unit: Unit, env: Environment, progress: bool = False, stages: dict[s
         model = model.to(env.device)
     _, layer = find_linear(model, unit.target_layer)
     stages["pre-train"], clock = time.perf_counter() - clock, time.perf_counter()
-    prepared = Prepared(task, model, layer, new_task_features(model, layer, task, env, unit.data.workers, progress))
+    tabular = all(isinstance(split.inputs, torch.Tensor) for split in new_task_splits(task).values())
+    reload = functools.partial(load_task, unit.data, seed=unit.data_seed) if tabular else None
+    prepared = Prepared(task.group_names, model, layer, new_task_features(model, layer, task, env, unit.data.workers, progress), reload)
     stages["features"] = time.perf_counter() - clock
     _PREPARED[key] = prepared
     while len(_PREPARED) > PREPARED_KEPT:
@@ -540,7 +549,7 @@ def start_unit(unit: Unit, env: Environment) -> tuple[MethodFit, dict[str, float
     preparation: dict[str, float] = {}
     prepared = prepare(unit, env, stages=preparation)
     fit = MethodFit.start(unit.method, unit.finetune, prepared.layer, prepared.features, seed=unit.seed,
-                          keep_predictions=env.keep_predictions, group_names=prepared.task.group_names,
+                          keep_predictions=env.keep_predictions, group_names=prepared.group_names,
                           model_inputs=lambda: (prepared.model, prepared.inputs(unit.method)))
     return fit, preparation
 

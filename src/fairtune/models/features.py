@@ -34,26 +34,41 @@ def extract_features(
     progress: bool = False,
     description: str = "features",
 ) -> Tensor:
-    """Run ``model`` over ``inputs`` and return what ``layer`` receives, ``(n, layer.in_features)``.
+    """Run ``model`` over ``inputs`` and return what ``layer`` receives, ``(n, layer.in_features)`` float32 on the CPU.
 
-    Checks on the first batch that ``layer`` produces the model's output, since the cached
-    features then determine the model's prediction entirely.
+    The inputs are streamed in batches, and each batch's features are written into the result
+    as it is computed, so that neither the activations of all rows nor a second copy of the
+    features (a list of batches, then their concatenation) is ever held. Checks on the first
+    batch that ``layer`` produces the model's output, since the cached features then determine
+    the model's prediction entirely.
     """
-    captured: list[Tensor] = []
-    handle = layer.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach().float().cpu()))
+    out = torch.empty(len(inputs), layer.in_features)
+    filled = [0]
+
+    def write(_module: nn.Module, args: tuple[Tensor, ...], _output: Tensor) -> None:
+        rows = args[0].detach()
+        out[filled[0]:filled[0] + len(rows)] = rows
+        filled[0] += len(rows)
+
+    handle = layer.register_forward_hook(write)
     model.eval()
     outputs_checked = False
-    total = len(inputs)
     try:
-        with tqdm(total=total, desc=description, disable=not progress, leave=False, unit="sample") as bar:
+        with tqdm(total=len(inputs), desc=description, disable=not progress, leave=False, unit="sample") as bar:
             for batch in _batches(inputs, batch_size):
+                start = filled[0]
                 output = model(batch.to(layer.weight.device))
                 if not outputs_checked:
-                    expected = F.linear(captured[-1].to(layer.weight), layer.weight, layer.bias).float().cpu()
-                    if output.shape != expected.shape or not torch.allclose(output.float().cpu(), expected, atol=1e-5):
-                        raise ModelError("the target layer is not the model's output layer; fine-tune the last linear layer or pass a model that ends in it")
+                    _check_output_layer(output, out[start:filled[0]], layer)
                     outputs_checked = True
                 bar.update(len(batch))
     finally:
         handle.remove()
-    return torch.cat(captured)
+    return out
+
+
+def _check_output_layer(output: Tensor, features: Tensor, layer: nn.Linear) -> None:
+    """Refuse a ``layer`` that is not the model's output layer: its features would not determine the prediction."""
+    expected = F.linear(features.to(layer.weight), layer.weight, layer.bias).float().cpu()
+    if output.shape != expected.shape or not torch.allclose(output.float().cpu(), expected, atol=1e-5):
+        raise ModelError("the target layer is not the model's output layer; fine-tune the last linear layer or pass a model that ends in it")
