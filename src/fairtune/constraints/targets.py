@@ -150,6 +150,16 @@ def bounded_gap(y: np.ndarray, y_pred: np.ndarray, s: np.ndarray, target: Fairne
         np.array([(y_pred[m] & y[m]).sum() for m in groups]), np.array([(y_pred[m] & (1 - y[m])).sum() for m in groups]),
         np.array([y[m].sum() for m in groups]), np.array([(1 - y[m]).sum() for m in groups]),
     )
-    variance = rate_variance(rates, sizes) * target.noise_scale(len(y))
+    return gap_bound(rates, sizes, target, len(y))
+
+
+def gap_bound(rates: np.ndarray, sizes: np.ndarray, target: FairnessTarget, fit_size: int) -> float:
+    """The gap ``target`` bounds, from per-group rates ``R`` ``(G, R)`` and the sample counts they average over.
+
+    ``max_{g<h} Σ_r E|R[g,r] − R[h,r] + sd_r·Z|``, ``sd_r² = (Var R[g,r] + Var R[h,r])·noise_scale(fit_size)``
+    (module docstring); the rates may be those of a randomized rule (each sample's label is then
+    Bernoulli(R), of the same binomial variance).
+    """
+    variance = rate_variance(rates, sizes) * target.noise_scale(fit_size)
     return max(float(expected_abs(rates[g] - rates[h], np.sqrt(variance[g] + variance[h])).sum())
-               for g, h in combinations(range(n_groups), 2))
+               for g, h in combinations(range(len(rates)), 2))
