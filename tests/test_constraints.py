@@ -178,7 +178,7 @@ def expected_rates(probability: np.ndarray, y: np.ndarray, s: np.ndarray, constr
 
 @pytest.mark.parametrize("constraint, n_groups, tolerance, estimate", [
     ("eo", 2, 0.1, "sample"), ("dp", 2, 0.05, "sample"), ("eo", 3, 0.15, "sample"), ("eo", 2, 0.12, "expected"),
-    ("dp", 3, 0.1, "expected"),
+    ("dp", 3, 0.1, "expected"), ("eo", 2, 0.15, "upper"),
 ])
 def test_randomized_thresholds_meet_the_target_in_expectation_with_less_err_on_a_coarse_grid(constraint, n_groups, tolerance, estimate):
     scores, y, s = scored_groups(300 * n_groups, n_groups, seed=n_groups, decimals=2)
@@ -254,5 +254,7 @@ def test_the_bounded_gap_is_the_metric_for_sample_and_larger_for_expected():
     y_pred = (scores >= 0.5).astype(np.int64)
     sample = bounded_gap(y, y_pred, s, FairnessTarget("eo", 0.1, estimate="sample"))
     assert sample == pytest.approx(evaluate(y, y_pred, s)["delta_eo"])
-    assert bounded_gap(y, y_pred, s, FairnessTarget("eo", 0.1)) > sample
+    expected = bounded_gap(y, y_pred, s, FairnessTarget("eo", 0.1))
+    assert expected > sample
+    assert bounded_gap(y, y_pred, s, FairnessTarget("eo", 0.1, estimate="upper")) > expected  # E|d + n| ≤ |d| + E|n|
     assert bounded_gap(y, y_pred, s, FairnessTarget("dp", 0.1, estimate="sample")) == pytest.approx(evaluate(y, y_pred, s)["delta_dp"])

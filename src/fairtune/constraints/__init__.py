@@ -12,9 +12,10 @@ from __future__ import annotations
 from .lagrangian import train_constrained
 from .selection import select_under_target
 from .targets import FairnessTarget
-from .thresholds import GroupThresholds, RandomizedThresholds, fit_group_thresholds, fit_randomized_thresholds
+from .thresholds import (GroupThresholds, RandomizedThresholds, fit_group_thresholds, fit_randomized_thresholds,
+                         fit_threshold_rule)
 
 __all__ = [
     "FairnessTarget", "GroupThresholds", "RandomizedThresholds", "fit_group_thresholds", "fit_randomized_thresholds",
-    "select_under_target", "train_constrained",
+    "fit_threshold_rule", "select_under_target", "train_constrained",
 ]

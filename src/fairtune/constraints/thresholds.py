@@ -36,8 +36,9 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix, csr_matrix
 
+from ..catalogue import ThresholdRule
 from ..errors import ConfigError, UndefinedMetricError
-from .targets import RATES, FairnessTarget, expected_abs, gap_bound, rate_sizes, rate_variance, rates_and_sizes
+from .targets import RATES, Estimate, FairnessTarget, bounded_abs, gap_bound, rate_sizes, rate_variance, rates_and_sizes
 
 EMPTY_RATE = "fitting thresholds for {target}: group {group} has no sample to compute its {rate} on"
 LENGTHS = "scores, y and s have different lengths: {lengths}"
@@ -51,8 +52,8 @@ class GroupThresholds:
     """Fitted per-group thresholds: ``predict(scores, s) = 1[score ≥ thresholds[s]]``.
 
     ``fit_gap``, ``fit_err``: the gap and Err measured on the
-    fitting data; ``fit_bound``: the gap the target bounds (the expected gap on a new split for
-    ``estimate="expected"``, else ``fit_gap``).
+    fitting data; ``fit_bound``: the gap the target bounds
+    (:func:`~fairtune.constraints.targets.gap_bound`; ``fit_gap`` for ``estimate="sample"``).
     """
 
     thresholds: np.ndarray
@@ -65,6 +66,10 @@ class GroupThresholds:
         """Labels ``(n,)`` int64 from scores ``(n,)`` and group codes ``(n,)``."""
         scores, s = np.asarray(scores, dtype=float), np.asarray(s, dtype=np.int64)
         return (scores >= self.thresholds[s]).astype(np.int64)
+
+    def record(self) -> dict[str, list[float]]:
+        """JSON-ready: ``thresholds``, one per group."""
+        return {"thresholds": [float(t) for t in self.thresholds]}
 
 
 def err_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> np.ndarray:
@@ -166,7 +171,7 @@ def fit_group_thresholds(
         pair = np.zeros(errs.shape)
         for r in range(rates[g].shape[1]):
             variance = axis(rate_variance(rates[g][:, r], sizes[g][r]), g) + axis(rate_variance(rates[h][:, r], sizes[h][r]), h)
-            pair = pair + expected_abs(axis(rates[g][:, r], g) - axis(rates[h][:, r], h), np.sqrt(scale * variance))
+            pair = pair + bounded_abs(axis(rates[g][:, r], g) - axis(rates[h][:, r], h), np.sqrt(scale * variance), target.estimate)
         worst = np.maximum(worst, pair)
     feasible = worst <= target.tolerance + 1e-12  # never empty: +inf everywhere has gap 0
     best = np.unravel_index(np.argmin(np.where(feasible, errs, np.inf)), errs.shape)
@@ -210,6 +215,27 @@ class RandomizedThresholds:
         probability = self.positive_probability(scores, s)
         return (np.random.default_rng(self.seed).random(len(probability)) < probability).astype(np.int64)
 
+    def record(self) -> dict[str, list[list[float]]]:
+        """JSON-ready, per group: ``thresholds`` (the cuts) and ``probabilities`` of Ŷ = 1 from each cut on."""
+        return {"thresholds": [[float(t) for t in cuts] for cuts in self.cuts],
+                "probabilities": [[float(p) for p in probabilities[1:]] for probabilities in self.probabilities]}
+
+
+def threshold_grid(n_groups: int) -> int:
+    """Candidate thresholds per group: the deterministic search visits grid^G combinations, kept to about 2 million."""
+    return max(2, min(DEFAULT_GRID, int(round(2e6 ** (1 / n_groups)))))
+
+
+def fit_threshold_rule(
+    scores: np.ndarray, y: np.ndarray, s: np.ndarray, target: FairnessTarget, rule: ThresholdRule, *, seed: int = 0,
+) -> GroupThresholds | RandomizedThresholds:
+    """The per-group ``rule`` (:func:`fit_group_thresholds` or :func:`fit_randomized_thresholds`, whose labels are
+    drawn from ``seed``) with the least Err meeting ``target``, on :func:`threshold_grid` candidates per group."""
+    grid = threshold_grid(int(np.max(s)) + 1)
+    if rule == "randomized":
+        return fit_randomized_thresholds(scores, y, s, target, grid=grid, seed=seed)
+    return fit_group_thresholds(scores, y, s, target, grid=grid)
+
 
 #: Chords of E|x + sd·Z| on each side of 0, every sd/4 up to 4·sd: their upper bound exceeds it by < 0.007·sd.
 CHORD_KNOTS = 16
@@ -219,20 +245,22 @@ SOLVER_MARGIN = 1e-6
 BUDGETS, REFINE_STEPS = 24, 20
 #: Mixture weights below this are the solver's rounding, dropped.
 WEIGHT_FLOOR = 1e-9
-#: Rounds of raising the fixed noise of the ``"expected"`` bound to the solution's own.
-NOISE_ROUNDS = 4
+#: Rounds of moving the program's tolerance for the ``"expected"`` bound, and how close below ε that bound must come.
+NOISE_ROUNDS, AIM_PRECISION = 6, 1e-4
 
 
-def chords(sd: float) -> tuple[np.ndarray, np.ndarray]:
-    """Intercepts ``a`` and slopes ``b`` with ``max_j (a_j + b_j·x) ≥ E|x + sd·Z|`` on [−1, 1], equal at the knots.
+def chords(sd: float, estimate: Estimate) -> tuple[np.ndarray, np.ndarray]:
+    """Intercepts ``a`` and slopes ``b`` with ``max_j (a_j + b_j·x) ≥`` :func:`~fairtune.constraints.targets.bounded_abs`
+    on [−1, 1], equal at the knots.
 
     The chords of a convex function between consecutive knots lie above it between them, so their
-    maximum is its piecewise-linear interpolation: an upper bound, and ``|x|`` exactly for sd = 0
-    (knots −1, 0, 1). Knots: every sd/4 within ±4·sd (:data:`CHORD_KNOTS` per side), and ±1.
+    maximum is its piecewise-linear interpolation: an upper bound, and exact where the function is
+    ``|x|`` plus a constant (sd = 0, or ``"upper"``: knots −1, 0, 1). Else knots every sd/4 within
+    ±4·sd (:data:`CHORD_KNOTS` per side), and ±1.
     """
-    inner = sd * np.linspace(-4, 4, 2 * CHORD_KNOTS + 1) if sd > 0 else np.zeros(1)
+    inner = sd * np.linspace(-4, 4, 2 * CHORD_KNOTS + 1) if sd > 0 and estimate == "expected" else np.zeros(1)
     knots = np.unique(np.clip(np.concatenate([[-1.0], inner, [1.0]]), -1, 1))
-    values = expected_abs(knots, sd)
+    values = bounded_abs(knots, sd, estimate)
     slopes = np.diff(values) / np.diff(knots)
     return values[:-1] - slopes * knots[:-1], slopes
 
@@ -256,12 +284,13 @@ def noise_sd(groups: list[GroupCounts], rates: np.ndarray, scale: float) -> dict
     return {(g, h): np.sqrt(variance[g] + variance[h]) for g, h in combinations(range(len(groups)), 2)}
 
 
-def best_mixture(groups: list[GroupCounts], target: FairnessTarget, sd: dict[tuple[int, int], np.ndarray]) -> list[np.ndarray] | None:
-    """Per-group mixture weights with the least Err whose gap, bounded with the fixed noise ``sd``, is ≤ ε.
+def best_mixture(groups: list[GroupCounts], sd: dict[tuple[int, int], np.ndarray], tolerance: float,
+                 estimate: Estimate) -> list[np.ndarray] | None:
+    """Per-group mixture weights with the least Err whose gap, bounded with the fixed noise ``sd``, is ≤ ``tolerance``.
 
     Variables: the weights λ_g ≥ 0 (Σ = 1) of each group's candidates, the rate gaps
-    ``d[p,r] = R[g,r] − R[h,r]`` (linear in λ) and ``t[p,r] ≥`` the :func:`chords` of
-    ``E|d + sd·Z|`` for each pair p = (g, h), with ``Σ_r t[p,r] ≤ ε``. For a budget b of false
+    ``d[p,r] = R[g,r] − R[h,r]`` (linear in λ) and ``t[p,r] ≥`` the :func:`chords` of what
+    ``estimate`` bounds of ``d`` for each pair p = (g, h), with ``Σ_r t[p,r] ≤ tolerance``. For a budget b of false
     positives, the most true positives is then a linear program; Err, increasing in FP and
     decreasing in TP, is searched along b (``BUDGETS`` evenly spaced, then golden section around
     the best). None if no program was feasible.
@@ -280,10 +309,10 @@ def best_mixture(groups: list[GroupCounts], target: FairnessTarget, sd: dict[tup
         for k, v in enumerate(groups[h].rates[:, r]):
             rates[offsets[h] + k] = -v
         eq.add({**rates, column: -1.0}, 0.0)  # R[g,r] − R[h,r] − d = 0
-        for intercept, slope in zip(*chords(float(sd[g, h][r]))):
+        for intercept, slope in zip(*chords(float(sd[g, h][r]), estimate)):
             ub.add({column: slope, column + len(gaps): -1.0}, -intercept)  # slope·d − t ≤ −intercept
     for pair in sd:
-        ub.add({gap_at[pair, r] + len(gaps): 1.0 for r in range(n_rates)}, target.tolerance - SOLVER_MARGIN)
+        ub.add({gap_at[pair, r] + len(gaps): 1.0 for r in range(n_rates)}, tolerance - SOLVER_MARGIN)
     fp, tp = np.concatenate([g.fp for g in groups]), np.concatenate([g.tp for g in groups])
     ub.add(dict(enumerate(fp)), 0.0)  # Σ FP ≤ b, set per program
     a_eq, b_eq, a_ub, b_ub = *eq.matrix(), *ub.matrix()
@@ -352,27 +381,30 @@ def fit_randomized_thresholds(
 
     Starts from :func:`fit_group_thresholds` on the same ``grid`` (a deterministic rule is a
     mixture of one threshold), so its Err is never higher. The gap bounded for
-    ``estimate="expected"`` depends on the rates through their noise: :func:`best_mixture` is
-    solved with the noise fixed, raised to the solution's own while that one's exceeds it, and a
-    mixture is kept only if its own bounded gap (:func:`~fairtune.constraints.targets.gap_bound`)
-    is ≤ ε. ``seed``: that of :meth:`RandomizedThresholds.predict`.
+    ``estimate="expected"`` depends on the rates through their noise, which :func:`best_mixture`
+    holds fixed (at the deterministic rule's rates): each round moves the program's tolerance by
+    how far its solution's own bounded gap (:func:`~fairtune.constraints.targets.gap_bound`)
+    missed ε, and a mixture is kept only if that gap is ≤ ε. Where the fixed noise alone exceeds
+    ε (tiny groups), the deterministic rule is kept. ``seed``: that of
+    :meth:`RandomizedThresholds.predict`.
     """
     deterministic = fit_group_thresholds(scores, y, s, target, grid=grid)
     groups, scores, _, _ = group_counts(scores, y, s, target, grid)
     sizes, scale = np.stack([g.sizes for g in groups]), target.noise_scale(len(scores))
     best = [(g.candidates == t).astype(float) for g, t in zip(groups, deterministic.thresholds)]
-    sd = noise_sd(groups, mixture_rates(groups, best)[0], scale)
-    for _ in range(NOISE_ROUNDS):
-        weights = best_mixture(groups, target, sd)
+    sd, aim = noise_sd(groups, mixture_rates(groups, best)[0], scale), target.tolerance
+    for _ in range(NOISE_ROUNDS if scale else 1):
+        weights = best_mixture(groups, sd, aim, target.estimate)
         if weights is None:
             break
         rates = mixture_rates(groups, weights)[0]
-        if gap_bound(rates, sizes, target, len(scores)) <= target.tolerance:
+        bound = gap_bound(rates, sizes, target, len(scores))
+        if bound <= target.tolerance:
             if mixture_err(groups, weights) < mixture_err(groups, best):
                 best = weights
-            break
-        own = noise_sd(groups, rates, scale)
-        sd = {pair: np.maximum(sd[pair], own[pair]) for pair in sd}
+            if bound > target.tolerance - AIM_PRECISION:
+                break
+        aim += target.tolerance - AIM_PRECISION / 2 - bound
     rates = mixture_rates(groups, best)[0]
     cuts, probabilities = [], []
     for group, weights in zip(groups, best):

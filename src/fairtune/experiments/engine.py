@@ -38,9 +38,9 @@ from tqdm.auto import tqdm
 
 from .._validation import check_groups_present
 from ..batched import train_candidates
-from ..catalogue import PRETRAINED, MethodSpec
+from ..catalogue import PRETRAINED, MethodSpec, ThresholdRule
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
-from ..constraints import FairnessTarget, fit_group_thresholds, select_under_target
+from ..constraints import FairnessTarget, fit_threshold_rule, select_under_target
 from ..data import NamedDatasetErrors, load_task
 from ..data._types import Split, Task
 from ..errors import ConfigError
@@ -64,6 +64,8 @@ SELECTION_SCORES: dict[str, Callable[[dict[str, float]], float]] = {
 }
 NOT_MET_ON_VAL = ("{method}, seed {seed}: no candidate met {metric} <= {tolerance:g} on validation; kept the closest "
                   "(validation {metric} {gap:.3f}), flagged in selections.json")
+RULE_NOT_MET_ON_VAL = ("{method}, seed {seed}: its per-group rule (fitted on train+val for a new split) measures validation "
+                       "{metric} {gap:.3f} > {tolerance:g}, flagged in selections.json")
 NEEDS_INPUTS = (
     "method {method!r} updates the whole model and needs the model and its tabular inputs; "
     "use --retrain-scope last (FinetuneGrid(retrain_scope='last')) to fine-tune the target layer only"
@@ -251,16 +253,19 @@ TrainTogether = Callable[[Sequence[Any], Callable[[int, list[Fitted]], None]], N
 
 
 def select_on_validation(method: Method, fit: FitCandidate, candidates: Sequence[Any], data: dict[str, TrainingData],
-                         grid: FinetuneGrid, target: FairnessTarget | None = None, thresholds: bool = False,
-                         train_together: TrainTogether | None = None) -> dict[str, Any]:
+                         grid: FinetuneGrid, target: FairnessTarget | None = None, thresholds: ThresholdRule | None = None,
+                         train_together: TrainTogether | None = None, seed: int = 0) -> dict[str, Any]:
     """Train every candidate and keep the one with the lowest validation score (``grid.selection``).
 
     A method that trains by epochs is scored at each epoch count of the grid, as checkpoints of
-    one run of ``max(grid.epochs)`` epochs. With a fairness ``target``, the kept candidate is the
-    one with the lowest validation Err among those that meet it on validation, else the closest
-    (:func:`~fairtune.constraints.select_under_target`; ``met_on_val`` says which); with
-    ``thresholds``, per-group decision thresholds are then fitted on train and validation pooled
-    and decide its predictions. ``train_together(candidates, on_checkpoint)``, where given, trains
+    one run of ``max(grid.epochs)`` epochs. With a fairness ``target`` and a method trained
+    subject to it (``method.target``), the kept candidate is the one with the lowest validation
+    Err among those that meet it on validation, else the closest
+    (:func:`~fairtune.constraints.select_under_target`; ``met_on_val`` says which); a method
+    trained without it is selected as without a target. With ``thresholds`` (a
+    :data:`~fairtune.catalogue.ThresholdRule`), per-group decision rules are then fitted on train
+    and validation pooled and decide its predictions (randomized ones draw from ``seed``).
+    ``train_together(candidates, on_checkpoint)``, where given, trains
     every candidate in one loop (:func:`fairtune.batched.train_candidates`, the same numbers as
     one loop each); ties are broken the same way in both orders: the earlier candidate, then the
     earlier checkpoint. Returns ``score, params`` (a dict), ``val`` (metrics), ``y_pred`` (test
@@ -278,7 +283,7 @@ def select_on_validation(method: Method, fit: FitCandidate, candidates: Sequence
         record = {} if params is None else params_record(params)
         order = (score(val_metrics), index, epoch or 0)
         if target is not None:
-            kept.append({"order": order[1:], "params": record if epoch is None else {**record, "epochs": epoch},
+            kept.append({"order": order, "params": record if epoch is None else {**record, "epochs": epoch},
                          "val": val_metrics, "y_pred": fitted.predict(test.x, test.s), "trainable": fitted.trainable_params,
                          "scores": {name: fitted.scores(split.x) for name, split in data.items()} if thresholds else None})
         elif not best or order < best["order"]:
@@ -297,33 +302,31 @@ def select_on_validation(method: Method, fit: FitCandidate, candidates: Sequence
                 keep_if_best(None, fit(params, max(checkpoints), None), params, index)
     if target is not None:
         started = time.perf_counter()
-        kept.sort(key=lambda record: record["order"])  # the order of one loop per candidate, whatever ran
-        index, met = select_under_target([record["val"] for record in kept], target)
-        best = {**kept[index], "met_on_val": met}
+        kept.sort(key=lambda record: record["order"][1:])  # the order of one loop per candidate, whatever ran
+        if method.target is None:  # trained without the target: selected as without it, then post-processed
+            best = min(kept, key=lambda record: record["order"])
+        else:
+            index, met = select_under_target([record["val"] for record in kept], target)
+            best = {**kept[index], "met_on_val": met}
         if thresholds:  # the thresholds decide the predictions, and whether validation meets the target
-            best.update(apply_thresholds(best["scores"], data, target))
+            best = {**best, **apply_thresholds(best["scores"], data, target, thresholds, seed)}
             best["met_on_val"] = best["val"][target.metric] <= target.tolerance
         scoring[0] += time.perf_counter() - started
     return {**best, "select_seconds": scoring[0]}
 
 
-def apply_thresholds(scores: dict[str, np.ndarray], data: dict[str, TrainingData], target: FairnessTarget) -> dict[str, Any]:
-    """Per-group thresholds fitted on train and validation pooled (for the gap expected on a new split):
-    the validation metrics and test predictions they give, and the thresholds themselves."""
+def apply_thresholds(scores: dict[str, np.ndarray], data: dict[str, TrainingData], target: FairnessTarget,
+                     rule: ThresholdRule = "deterministic", seed: int = 0) -> dict[str, Any]:
+    """Per-group decision rules fitted on train and validation pooled (for the gap expected on a new split):
+    the validation metrics and test predictions they give, and the rules themselves (``thresholds``, and
+    ``probabilities`` for a randomized rule)."""
     pooled_scores = np.concatenate([scores["train"], scores["val"]])
     y = np.concatenate([data["train"].y.cpu().numpy(), data["val"].y.cpu().numpy()])
     s = np.concatenate([data["train"].s.cpu().numpy(), data["val"].s.cpu().numpy()])
-    n_groups = int(s.max()) + 1
-    rule = fit_group_thresholds(pooled_scores, y, s, target, grid=threshold_grid(n_groups))
+    fitted = fit_threshold_rule(pooled_scores, y, s, target, rule, seed=seed)
     val, test = data["val"], data["test"]
-    return {"val": metrics_of(rule.predict(scores["val"], val.s.cpu().numpy()), val),
-            "y_pred": rule.predict(scores["test"], test.s.cpu().numpy()),
-            "thresholds": [float(t) for t in rule.thresholds]}
-
-
-def threshold_grid(n_groups: int) -> int:
-    """Candidate thresholds per group: the search visits grid^G combinations, kept to about 2 million."""
-    return max(2, min(1000, int(round(2e6 ** (1 / n_groups)))))
+    return {"val": metrics_of(fitted.predict(scores["val"], val.s.cpu().numpy()), val),
+            "y_pred": fitted.predict(scores["test"], test.s.cpu().numpy()), **fitted.record()}
 
 
 def target_of(spec: MethodSpec) -> FairnessTarget | None:
@@ -331,7 +334,7 @@ def target_of(spec: MethodSpec) -> FairnessTarget | None:
     info = spec.info
     if info.constraint is None:
         return None
-    return FairnessTarget(info.constraint, info.value.default if spec.value is None else spec.value)
+    return FairnessTarget(info.constraint, info.value.default if spec.value is None else spec.value, info.estimate)
 
 
 def pooled(first: TrainingData, second: TrainingData) -> TrainingData:
@@ -368,7 +371,7 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
         target, data = model_inputs()
     for name, split in data.items():
         check_groups_present(split.s.cpu().numpy(), int(data["train"].s.max()) + 1, where=name)
-    if fairness is not None:
+    if fairness is not None and parsed.info.constrained:
         method.constrain(fairness, pooled(data["train"], data["val"]))
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -388,7 +391,7 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
 
         together = train_together if batched and trains_alike(method, data["train"]) else None
         best = select_on_validation(method, fit, method.candidates(target, grid), data, grid, fairness, parsed.info.thresholds,
-                                    train_together=together)
+                                    train_together=together, seed=seed)
     elapsed = time.perf_counter() - start
     seconds = 0.0 if parsed.name == PRETRAINED else round(elapsed, 4)
     training = "peers" if parsed.info.family == "peer" else "fine-tune"
@@ -402,8 +405,9 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
         row["target_met"] = bool(row[fairness.metric] <= fairness.tolerance)
         selection.update(target_record(fairness, best, row))
         if not best["met_on_val"]:
-            logger.warning(NOT_MET_ON_VAL.format(method=spec, seed=seed, metric=fairness.metric, tolerance=fairness.tolerance,
-                                                 gap=best["val"][fairness.metric]))
+            message = RULE_NOT_MET_ON_VAL if parsed.info.thresholds else NOT_MET_ON_VAL
+            logger.warning(message.format(method=spec, seed=seed, metric=fairness.metric, tolerance=fairness.tolerance,
+                                          gap=best["val"][fairness.metric]))
     predictions = None
     if keep_predictions:
         codes = test.s.cpu().numpy()
@@ -419,8 +423,7 @@ def target_record(target: FairnessTarget, best: dict[str, Any], row: dict[str, A
     record = {"target": {"constraint": target.constraint, "tolerance": target.tolerance},
               "val_gap": best["val"][target.metric], "met_on_val": best["met_on_val"],
               "test_gap": row[target.metric], "met_on_test": row["target_met"]}
-    if "thresholds" in best:
-        record["thresholds"] = best["thresholds"]
+    record.update({key: best[key] for key in ("thresholds", "probabilities") if key in best})
     return record
 
 
