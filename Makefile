@@ -23,7 +23,7 @@ setup: $(BIN)/fairtune
 # The paper's comparison (TL, f+SVD, WIN), then TL fine-tuned to ΔEO ≤ 0.05 and fairlearn's
 # ThresholdOptimizer beside it. `make run` asks for a fresh result, hence --overwrite.
 run: setup
-	$(BIN)/fairtune run --dataset adult --methods tl,svd,win,tl-eo:0.05,fairlearn-to-eo --seeds 10 --out $(OUT) --overwrite
+	$(BIN)/fairtune run --dataset adult --methods tl,svd,win,tl-eo:0.05,tl-eo-rthr:0.05,fairlearn-to-eo --seeds 10 --out $(OUT) --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q

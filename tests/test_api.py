@@ -315,7 +315,25 @@ def test_thresholds_need_the_sensitive_attribute_to_predict(biased) -> None:
         tuner.predict(X)
 
 
+def test_randomized_thresholds_meet_the_target_in_expectation_and_predict_reproducibly(biased) -> None:
+    from fairtune.constraints import RandomizedThresholds, fit_group_thresholds
+    from fairtune.metrics import delta_eo
+
+    model, X, y, s = biased
+    tuner = FairFineTuner(model, method="tl", epochs=5, lr=0.05, constraint="eo", tolerance=0.05, thresholds="randomized",
+                          seed=3).fit(X, y, sensitive_features=s)
+    rule = tuner.thresholds_
+    assert isinstance(rule, RandomizedThresholds) and rule.seed == 3 and rule.fit_bound <= 0.05
+    assert rule.target.estimate == "upper"  # the -rthr form's aim (the catalogue's TARGET_FORMS)
+    deterministic = fit_group_thresholds(tuner.predict_proba(X)[:, 1], y, s, rule.target)
+    assert rule.fit_err <= deterministic.fit_err + 1e-9
+    labels = tuner.predict(X, sensitive_features=s)
+    np.testing.assert_array_equal(labels, tuner.predict(X, sensitive_features=s))
+    assert delta_eo(y, labels, s) <= 0.05 + 0.06  # drawn labels: within the noise of 2000 samples of the expected gap
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
+    ({"constraint": "eo", "thresholds": "yes"}, "thresholds must be 'deterministic' or 'randomized', got 'yes'"),
     ({"tolerance": 0.05}, "give constraint='eo' or constraint='dp' too"),
     ({"constraint": "eo", "tolerance": 0.0}, "must be a finite number > 0 and < 2"),
     ({"constraint": "equal"}, "unknown fairness constraint 'equal'"),

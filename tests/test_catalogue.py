@@ -29,6 +29,8 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "fairtune"
     ("win-anchor:2", "win-anchor", 2.0, None, "WIN + anchor μ=2"),
     ("win-hidden@0.25", "win-hidden", None, 0.25, "WIN (hidden) f=0.25"),
     ("tl-anchor:0.5@1", "tl-anchor", 0.5, 1.0, "TL + anchor μ=0.5 f=1"),
+    ("tl-eo-thr:0.05", "tl-eo-thr", 0.05, None, "TL (ΔEO≤0.05, thresholds)"),
+    ("win-dp-rthr:0.1", "win-dp-rthr", 0.1, None, "WIN (ΔDP≤0.1, randomized thresholds)"),
 ])
 def test_a_spec_parses_formats_and_labels(text, name, value, fraction, label):
     spec = MethodSpec.parse(text)
@@ -67,6 +69,18 @@ def test_every_entry_builds_the_protocol_its_inputs_name():
         assert isinstance(method, expected), name
         assert info.label and info.description and re.fullmatch(r"#[0-9a-f]{6}", info.colour), name
     assert isinstance(build_method("retrain-eo", FinetuneGrid(retrain_scope="last")), HeadMethod)
+
+
+def test_every_targetable_method_has_each_target_form_and_targeted_names_it():
+    for base in catalogue.TARGETABLE:
+        for suffix, (constrained, rule, _, _) in catalogue.TARGET_FORMS.items():
+            info = CATALOGUE[f"{base}-eo{suffix}"]
+            assert (info.base, info.constrained, info.thresholds, info.sensitive_at_prediction) == (base, constrained, rule, bool(rule))
+    assert catalogue.targeted("win", "dp", 0.1, "randomized") == "win-dp-rthr:0.1"
+    assert catalogue.targeted("tl", "eo", 0.05, True) == catalogue.targeted("tl", "eo", 0.05, "deterministic") == "tl-eo-thr:0.05"
+    assert catalogue.targeted("tl", "eo", 0.05, False) == catalogue.targeted("tl", "eo", 0.05) == "tl-eo:0.05"
+    with pytest.raises(ConfigError, match="thresholds must be 'deterministic' or 'randomized', got 'both'"):
+        catalogue.targeted("tl", "eo", 0.05, "both")
 
 
 def test_the_help_text_names_every_method():

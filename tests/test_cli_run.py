@@ -296,11 +296,27 @@ def test_a_fairness_target_is_selected_under_and_recorded(data_csv, tmp_path) ->
     assert "test met ε" in (tmp_path / "out" / "summary.md").read_text()
 
 
+def test_randomized_thresholds_are_asked_for_by_name_and_recorded(data_csv, tmp_path) -> None:
+    args = csv_args(data_csv, "--positive", "yes", "--seeds", "1", "--epochs", "3", "--lrs", "0.05", "--pretrain-epochs", "2",
+                    "--hidden", "8,4", "--quiet", "--methods", "tl", "--constraint", "eo", "--tolerance", "0.1",
+                    "--thresholds", "randomized", "--cache-dir", str(tmp_path / "cache"), "--save-predictions")
+    first, again = (invoke([*args, "--out", str(tmp_path / name)]) for name in ("out", "again"))
+    assert first.exit_code == 0 and again.exit_code == 0, first.output
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(results["method"]) == ["pretrained", "tl-eo-rthr:0.1"]
+    [record] = json.loads((tmp_path / "out" / "selections.json").read_text())
+    assert len(record["thresholds"]) == len(record["probabilities"]) == 2  # per group: its cuts and P(Ŷ=1) from each on
+    assert all(len(cuts) == len(p) for cuts, p in zip(record["thresholds"], record["probabilities"]))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / "predictions.csv"), pd.read_csv(tmp_path / "again" / "predictions.csv"))
+
+
 @pytest.mark.parametrize(("flags", "fragment"), [
+    (["--constraint", "eo", "--thresholds", "random"], "thresholds must be 'deterministic' or 'randomized', got 'random'"),
     (["--constraint", "eo", "--tolerance", "0"], "fairness tolerance ε must be a number in (0, 2), got 0.0"),
     (["--constraint", "eo", "--tolerance", "2"], "fairness tolerance ε must be a number in (0, 2), got 2.0"),
     (["--constraint", "equal"], "invalid value for 'constraint'"),
     (["--tolerance", "0.05"], "give --constraint eo or --constraint dp too"),
+    (["--thresholds", "randomized"], "give --constraint eo or --constraint dp too"),
     (["--methods", "logreg-eo:0.05"], "unknown method 'logreg-eo:0.05'"),
     (["--methods", "win-eo:nan"], "ε of 'win-eo' must be a finite number > 0 and < 2"),
 ])

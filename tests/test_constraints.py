@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from fairtune.constraints import FairnessTarget, fit_group_thresholds, select_under_target
+from fairtune.constraints import FairnessTarget, fit_group_thresholds, fit_randomized_thresholds, select_under_target
 from fairtune.constraints.targets import (
     BAD_ESTIMATE,
     BAD_TOLERANCE,
     bounded_gap,
     constraint_rows,
     expected_abs,
+    gap_bound,
     rates_and_sizes,
 )
 from fairtune.constraints.thresholds import err_from_counts
@@ -166,6 +167,65 @@ def test_a_group_without_positives_is_a_one_line_error():
         fit_group_thresholds(scores, y, s, FairnessTarget("eo", 0.1))
 
 
+def expected_rates(probability: np.ndarray, y: np.ndarray, s: np.ndarray, constraint: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group rates ``(G, R)`` of a randomized rule in expectation (the mean P(Ŷ=1) over each rate's samples), and their sizes."""
+    n_groups = int(s.max()) + 1
+    tp = np.array([probability[(s == g) & (y == 1)].sum() for g in range(n_groups)])
+    fp = np.array([probability[(s == g) & (y == 0)].sum() for g in range(n_groups)])
+    n_pos = np.array([((s == g) & (y == 1)).sum() for g in range(n_groups)])
+    return rates_and_sizes(constraint, tp, fp, n_pos, np.bincount(s) - n_pos)
+
+
+@pytest.mark.parametrize("constraint, n_groups, tolerance, estimate", [
+    ("eo", 2, 0.1, "sample"), ("dp", 2, 0.05, "sample"), ("eo", 3, 0.15, "sample"), ("eo", 2, 0.12, "expected"),
+    ("dp", 3, 0.1, "expected"), ("eo", 2, 0.15, "upper"),
+])
+def test_randomized_thresholds_meet_the_target_in_expectation_with_less_err_on_a_coarse_grid(constraint, n_groups, tolerance, estimate):
+    scores, y, s = scored_groups(300 * n_groups, n_groups, seed=n_groups, decimals=2)
+    target = FairnessTarget(constraint, tolerance, estimate=estimate)
+    deterministic = fit_group_thresholds(scores, y, s, target, grid=6)
+    randomized = fit_randomized_thresholds(scores, y, s, target, grid=6, seed=1)
+    probability = randomized.positive_probability(scores, s)
+    rates, sizes = expected_rates(probability, y, s, constraint)
+    assert gap_bound(rates, sizes, target, len(y)) == pytest.approx(randomized.fit_bound)
+    assert randomized.fit_bound <= tolerance
+    tp, fp = probability[y == 1].sum(), probability[y == 0].sum()
+    assert err_from_counts(tp, fp, (y == 1).sum() - tp, (y == 0).sum() - fp) == pytest.approx(randomized.fit_err)
+    assert randomized.fit_err < deterministic.fit_err - 0.5  # the coarse grid's deterministic rule pays for its steps
+    assert ((probability > 0) & (probability < 1)).any()  # some group mixes
+
+
+def test_randomized_thresholds_never_have_more_err_than_the_deterministic_ones_on_the_same_grid():
+    for seed in range(4):
+        scores, y, s = scored_groups(400, 2, seed=seed, decimals=3)
+        for tolerance in (0.02, 0.1, 0.3):
+            target = FairnessTarget("eo", tolerance, estimate="sample")
+            deterministic = fit_group_thresholds(scores, y, s, target)
+            randomized = fit_randomized_thresholds(scores, y, s, target)
+            assert randomized.fit_err <= deterministic.fit_err + 1e-9
+            assert randomized.fit_bound <= tolerance
+
+
+def test_randomized_predictions_are_reproducible_from_their_seed():
+    scores, y, s = scored_groups(2000, 2, seed=4, decimals=2)
+    target = FairnessTarget("eo", 0.05, estimate="sample")
+    rule = fit_randomized_thresholds(scores, y, s, target, grid=8, seed=7)
+    state = np.random.get_state()
+    first = rule.predict(scores, s)
+    np.random.seed(123)  # the global RNG plays no part
+    assert np.array_equal(first, rule.predict(scores, s))
+    np.random.set_state(state)
+    again = fit_randomized_thresholds(scores, y, s, target, grid=8, seed=7)
+    assert np.array_equal(first, again.predict(scores, s))
+    other = fit_randomized_thresholds(scores, y, s, target, grid=8, seed=8).predict(scores, s)
+    assert not np.array_equal(first, other)
+    probability = rule.positive_probability(scores, s)
+    assert np.array_equal(first[probability == 1], np.ones((probability == 1).sum()))
+    assert not first[probability == 0].any()
+    # the drawn labels follow the probabilities: the rule's gap on 2000 samples is within noise of its expected gap
+    assert evaluate(y, first, s)["delta_eo"] <= 0.05 + 0.08
+
+
 # --- selection under a target --------------------------------------------------------------------
 
 def test_selection_keeps_the_lowest_err_among_those_meeting_the_target():
@@ -194,5 +254,7 @@ def test_the_bounded_gap_is_the_metric_for_sample_and_larger_for_expected():
     y_pred = (scores >= 0.5).astype(np.int64)
     sample = bounded_gap(y, y_pred, s, FairnessTarget("eo", 0.1, estimate="sample"))
     assert sample == pytest.approx(evaluate(y, y_pred, s)["delta_eo"])
-    assert bounded_gap(y, y_pred, s, FairnessTarget("eo", 0.1)) > sample
+    expected = bounded_gap(y, y_pred, s, FairnessTarget("eo", 0.1))
+    assert expected > sample
+    assert bounded_gap(y, y_pred, s, FairnessTarget("eo", 0.1, estimate="upper")) > expected  # E|d + n| ≤ |d| + E|n|
     assert bounded_gap(y, y_pred, s, FairnessTarget("dp", 0.1, estimate="sample")) == pytest.approx(evaluate(y, y_pred, s)["delta_dp"])

@@ -9,7 +9,7 @@ from torch import nn
 
 from fairtune.config import FinetuneGrid
 from fairtune.experiments import compare_on_features
-from fairtune.experiments.engine import threshold_grid
+from fairtune.constraints.thresholds import threshold_grid
 from fairtune.metrics import delta_dp
 from fairtune.training import TrainingData
 
@@ -64,6 +64,23 @@ def test_thresholds_meet_the_target_where_the_head_cannot(by_group_layer, n_grou
     assert thresholded.row["target_met"] == (thresholded.row["delta_dp"] <= 0.1)
     assert thresholded.selection["met_on_val"] == (thresholded.selection["val_gap"] <= 0.1)
     assert len(thresholded.selection["thresholds"]) == n_groups
+
+
+def test_threshold_forms_post_process_the_model_selected_as_without_a_target() -> None:
+    """-thr and -rthr keep plain TL's candidate and epoch, then fit their rules; the randomized one has less Err on
+    its fitting data, and its predictions are the same run after run."""
+    layer = nn.Linear(2, 2)
+    features = {name: group_features(2000, seed) for seed, name in enumerate(("train", "val", "test"))}
+    grid = FinetuneGrid(lrs=(0.001, 0.05), epochs=(1, 3))
+    specs = ["tl", "tl-eo-thr:0.05", "tl-eo-rthr:0.05"]
+    [_, plain, deterministic, randomized] = compare_on_features(layer, features, specs, grid, seed=0, keep_predictions=True)
+    assert plain.selection["params"] == deterministic.selection["params"] == randomized.selection["params"]
+    assert "probabilities" not in deterministic.selection and len(deterministic.selection["thresholds"]) == 2
+    assert [len(p) for p in randomized.selection["probabilities"]] == [len(t) for t in randomized.selection["thresholds"]]
+    assert randomized.row["target_met"] == (randomized.row["delta_eo"] <= 0.05)
+    [_, again] = compare_on_features(layer, features, ["tl-eo-rthr:0.05"], grid, seed=0, keep_predictions=True)
+    assert again.predictions["y_pred"].tolist() == randomized.predictions["y_pred"].tolist()
+    assert {**again.row, "fit_seconds": 0} == {**randomized.row, "fit_seconds": 0}
 
 
 def test_threshold_grid_keeps_the_search_to_millions() -> None:

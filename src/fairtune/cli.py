@@ -145,7 +145,7 @@ def run(
     serial_candidates: Annotated[bool, typer.Option("--serial-candidates", help="Train each candidate setting in its own loop (the reference path: the same results, slower) instead of all of a method's candidates together.")] = False,
     constraint: Annotated[str | None, typer.Option(help="Fairness target: fine-tune tl, svd, win (and win-hidden, svd-hidden) subject to ΔEO ('eo') or ΔDP ('dp') <= --tolerance, choosing settings among those that meet it on validation; other methods run as they are. Same as listing win-eo:ε etc. in --methods.")] = None,
     tolerance: Annotated[float | None, typer.Option(help="ε of the fairness target, in (0, 2) (default 0.05).")] = None,
-    thresholds: Annotated[bool, typer.Option("--thresholds", help="With --constraint, also fit per-group decision thresholds on train+val (the model then needs the sensitive attribute to predict).")] = False,
+    thresholds: Annotated[str | None, typer.Option(help="With --constraint: fine-tune as without the target, then fit per-group decision thresholds meeting it on train+val, 'deterministic' (one threshold per group) or 'randomized' (a mixture of thresholds per group, drawn from the seed: less Err at the same gap). The model then needs the sensitive attribute to predict.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --out (by default such a folder is refused).")] = False,
     min_group_size: Annotated[int | None, typer.Option(help="Merge sensitive groups with fewer rows than this into one group 'other' (needed when a group is too small to split).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,

@@ -22,10 +22,10 @@ from torch import Tensor, nn
 from . import errors
 from ._validation import binary_labels, finite_features, group_codes
 from .config import FinetuneGrid, FisherKind, Operator
-from .catalogue import CATALOGUE, MethodSpec, parse_methods, targeted
-from .constraints import fit_group_thresholds
+from .catalogue import CATALOGUE, MethodSpec, parse_methods, targeted, threshold_rule
+from .constraints import fit_threshold_rule
 from .errors import ConfigError, DataError, FairtuneError, ModelError
-from .experiments.engine import compare_on_features, target_of, threshold_grid
+from .experiments.engine import compare_on_features, target_of
 from .factorization import find_linear, replace_module_
 from .methods import build_method
 from .models import extract_features
@@ -174,10 +174,13 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
     device : where to fine-tune (``"cpu"``, ``"cuda"``, ...); None = the model's device.
     constraint, tolerance : a fairness target: fine-tune subject to ΔEO (``"eo"``) or ΔDP (``"dp"``)
         ≤ ``tolerance`` (default 0.05) on the training data, by Lagrange multipliers
-        (:func:`~fairtune.constraints.train_constrained`). The gap bounded is the one expected on a
-        new sample of the same size (``docs/user_guide/fairness_target``).
-    thresholds : with a target, also fit per-group decision thresholds on the training data;
-        ``predict`` and ``predict_proba`` then need ``sensitive_features``.
+        (:func:`~fairtune.constraints.train_constrained`), or with ``thresholds`` meet it by
+        per-group decision rules after plain fine-tuning. The gap bounded is the one expected on a
+        new sample of the same size (``docs/fairness_target.md``).
+    thresholds : with a target, fine-tune as without it, then fit per-group decision rules meeting it
+        on the training data: ``"deterministic"`` (or True; one threshold per group) or
+        ``"randomized"`` (a mixture of thresholds per group, its labels drawn from ``seed``: less
+        Err at the same gap). ``predict`` then needs ``sensitive_features``.
 
     Attributes
     ----------
@@ -186,7 +189,8 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
     trainable_params_ : parameters that were fine-tuned.
     group_names_ : the sensitive groups seen in ``fit``.
     classes_ : ``array([0, 1])``.
-    thresholds_ : the fitted per-group thresholds (:class:`~fairtune.constraints.GroupThresholds`), or None.
+    thresholds_ : the fitted per-group rule (:class:`~fairtune.constraints.GroupThresholds` or
+        :class:`~fairtune.constraints.RandomizedThresholds`), or None.
 
     Examples
     --------
@@ -198,7 +202,7 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
         self, model: nn.Module | None = None, *, method: str = "win", layer: str | None = None, rank: int | None = None,
         operator: str | None = None, fisher: str | None = None, lr: float = 1e-2, epochs: int = 20,
         batch_size: int = 256, seed: int = 0, device: str | None = None, constraint: str | None = None,
-        tolerance: float | None = None, thresholds: bool = False,
+        tolerance: float | None = None, thresholds: str | bool | None = None,
     ) -> None:
         self.model = model
         self.method = method
@@ -216,11 +220,11 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
         self.thresholds = thresholds
 
     def _spec(self) -> MethodSpec:
-        if self.constraint is None and (self.tolerance is not None or self.thresholds):
+        if self.constraint is None and (self.tolerance is not None or threshold_rule(self.thresholds)):
             raise ConfigError(TARGET_NEEDS_CONSTRAINT)
         if self.constraint is not None:
             return MethodSpec.parse(targeted(self.method, self.constraint, 0.05 if self.tolerance is None else self.tolerance,
-                                             self.thresholds))
+                                             threshold_rule(self.thresholds)))
         spec = MethodSpec.parse(self.method)
         if spec.info.family == "peer":
             raise ConfigError(NOT_TORCH.format(method=self.method))
@@ -250,7 +254,7 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
         layer = _float32_head(layer)  # the model runs in its dtype; its head is fine-tuned in float32
         method = build_method(spec, grid)
         target = target_of(spec)
-        if target is not None:
+        if target is not None and spec.info.constrained:
             method.constrain(target, train)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -270,9 +274,8 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
         self.classes_ = np.array([0, 1])
         self.thresholds_ = None
         if spec.info.thresholds:
-            s_codes = train.s.cpu().numpy()
-            self.thresholds_ = fit_group_thresholds(fitted.scores(train.x), train.y.cpu().numpy(), s_codes, target,
-                                                    grid=threshold_grid(int(s_codes.max()) + 1))
+            self.thresholds_ = fit_threshold_rule(fitted.scores(train.x), train.y.cpu().numpy(), train.s.cpu().numpy(), target,
+                                                  spec.info.thresholds, seed=self.seed)
         return self
 
     def _check_fitted(self) -> None:

@@ -2,6 +2,7 @@
 
 - :class:`FairnessTarget`: the constraint (eo, dp), the tolerance ε and how it is made to hold on new data;
 - :func:`fit_group_thresholds`: per-group thresholds with the least Err that meet it (post-processing);
+  :func:`fit_randomized_thresholds`: randomized per-group rules (mixtures of thresholds), only if asked for;
 - :func:`train_constrained`: cross-entropy subject to the target, by Lagrange multipliers (in-processing);
 - :func:`select_under_target`: the candidate with the lowest validation Err among those that meet it.
 """
@@ -11,6 +12,10 @@ from __future__ import annotations
 from .lagrangian import train_constrained
 from .selection import select_under_target
 from .targets import FairnessTarget
-from .thresholds import GroupThresholds, fit_group_thresholds
+from .thresholds import (GroupThresholds, RandomizedThresholds, fit_group_thresholds, fit_randomized_thresholds,
+                         fit_threshold_rule)
 
-__all__ = ["FairnessTarget", "GroupThresholds", "fit_group_thresholds", "select_under_target", "train_constrained"]
+__all__ = [
+    "FairnessTarget", "GroupThresholds", "RandomizedThresholds", "fit_group_thresholds", "fit_randomized_thresholds",
+    "fit_threshold_rule", "select_under_target", "train_constrained",
+]

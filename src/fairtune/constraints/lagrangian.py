@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from ..methods.fairness import check_temperature, relaxed_labels
 from ..training import TrainingData, intra_op_threads, train_classifier
-from .targets import FairnessTarget, constraint_rows, expected_abs, rate_variance, rates_and_sizes
+from .targets import FairnessTarget, bounded_abs, constraint_rows, rate_variance, rates_and_sizes
 
 #: Step size of the multipliers' gradient ascent (on violations of the order of ε).
 DUAL_LR = 0.5
@@ -86,7 +86,7 @@ def measured_rows(module: nn.Module, data: TrainingData, target: FairnessTarget,
         allowance = {}
         for g, h in combinations(range(n_groups), 2):
             gap = rates[g] - rates[h]
-            allowance[g, h] = float((expected_abs(gap, np.sqrt(scale * (variance[g] + variance[h]))) - np.abs(gap)).sum())
+            allowance[g, h] = float((bounded_abs(gap, np.sqrt(scale * (variance[g] + variance[h])), target.estimate) - np.abs(gap)).sum())
         pairs = [tuple(np.nonzero(np.abs(row).sum(axis=1))[0]) for row in rows]
         values = values + np.array([allowance[pair] for pair in pairs])
     device = data.x.device

@@ -15,6 +15,16 @@ The search holds ``Π_g grid_g`` combinations: keep ``grid^G`` to a few million.
 
 Deterministic: the same scores give the same thresholds. Some combination always meets the
 target: +∞ in every group predicts no positive, a gap of 0 (with no noise allowance either).
+
+Randomized rules (:func:`fit_randomized_thresholds`, only when asked for) mix a group's
+candidate thresholds: ``P(Ŷ=1 | score)`` is a nondecreasing step function of the score
+(fairlearn's ThresholdOptimizer and error-parity mix two thresholds the same way). Mixing
+reaches every point of the convex hull of a group's ROC points, below its curve too, so the
+groups' rates can meet where no pair of deterministic thresholds does: on Adult's TL scores
+at ΔEO ≤ 0.05 the deterministic rule pays 1.4 to 2.8 Err points more for the same aim
+(``docs/fairness_target.md``). The expected rates are linear in the mixture weights, so the
+search is a linear program per budget of false positives; a rule meets the target *in
+expectation* (its expected rates) and draws its labels from a seeded generator.
 """
 
 from __future__ import annotations
@@ -23,9 +33,12 @@ from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
+from scipy.optimize import linprog
+from scipy.sparse import coo_matrix, csr_matrix
 
+from ..catalogue import ThresholdRule
 from ..errors import ConfigError, UndefinedMetricError
-from .targets import RATES, FairnessTarget, expected_abs, rate_sizes, rate_variance, rates_and_sizes
+from .targets import RATES, Estimate, FairnessTarget, bounded_abs, gap_bound, rate_sizes, rate_variance, rates_and_sizes
 
 EMPTY_RATE = "fitting thresholds for {target}: group {group} has no sample to compute its {rate} on"
 LENGTHS = "scores, y and s have different lengths: {lengths}"
@@ -39,8 +52,8 @@ class GroupThresholds:
     """Fitted per-group thresholds: ``predict(scores, s) = 1[score ≥ thresholds[s]]``.
 
     ``fit_gap``, ``fit_err``: the gap and Err measured on the
-    fitting data; ``fit_bound``: the gap the target bounds (the expected gap on a new split for
-    ``estimate="expected"``, else ``fit_gap``).
+    fitting data; ``fit_bound``: the gap the target bounds
+    (:func:`~fairtune.constraints.targets.gap_bound`; ``fit_gap`` for ``estimate="sample"``).
     """
 
     thresholds: np.ndarray
@@ -53,6 +66,10 @@ class GroupThresholds:
         """Labels ``(n,)`` int64 from scores ``(n,)`` and group codes ``(n,)``."""
         scores, s = np.asarray(scores, dtype=float), np.asarray(s, dtype=np.int64)
         return (scores >= self.thresholds[s]).astype(np.int64)
+
+    def record(self) -> dict[str, list[float]]:
+        """JSON-ready: ``thresholds``, one per group."""
+        return {"thresholds": [float(t) for t in self.thresholds]}
 
 
 def err_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> np.ndarray:
@@ -82,6 +99,46 @@ def _counts_at(scores: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     return len(scores) - np.searchsorted(np.sort(scores), candidates, side="left")
 
 
+@dataclass(frozen=True)
+class GroupCounts:
+    """One group's confusion counts at each of its candidate thresholds (ascending, +∞ last).
+
+    ``tp``/``fp`` ``(m,)``: predicted positives among the group's ``n_pos`` positives / ``n_neg``
+    negatives; ``rates`` ``(m, R)`` the target's rates there, ``sizes`` ``(R,)`` the samples each averages.
+    """
+
+    candidates: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    n_pos: int
+    n_neg: int
+    rates: np.ndarray
+    sizes: np.ndarray
+
+
+def group_counts(
+    scores: np.ndarray, y: np.ndarray, s: np.ndarray, target: FairnessTarget, grid: int,
+) -> tuple[list[GroupCounts], np.ndarray, np.ndarray, np.ndarray]:
+    """Each group's :class:`GroupCounts`, and ``scores``, ``y``, ``s`` checked and as float / int64 arrays."""
+    scores, y, s = (np.asarray(a).ravel() for a in (scores, y, s))
+    if len({len(scores), len(y), len(s)}) != 1:
+        raise ConfigError(LENGTHS.format(lengths=(len(scores), len(y), len(s))))
+    if grid < 2:
+        raise ConfigError(BAD_GRID.format(grid=grid))
+    scores, y, s = scores.astype(float), y.astype(np.int64), s.astype(np.int64)
+    groups = []
+    for g in range(int(s.max()) + 1):
+        positive, negative = scores[(s == g) & (y == 1)], scores[(s == g) & (y == 0)]
+        for name, size in zip(RATES[target.constraint], rate_sizes(target.constraint, len(positive), len(negative))):
+            if size == 0:
+                raise UndefinedMetricError(EMPTY_RATE.format(target=target.metric, group=g, rate=name))
+        candidates = candidate_thresholds(scores[s == g], grid)
+        tp, fp = _counts_at(positive, candidates), _counts_at(negative, candidates)
+        rates, sizes = rates_and_sizes(target.constraint, tp, fp, len(positive), len(negative))
+        groups.append(GroupCounts(candidates, tp, fp, len(positive), len(negative), rates, sizes))
+    return groups, scores, y, s
+
+
 def fit_group_thresholds(
     scores: np.ndarray, y: np.ndarray, s: np.ndarray, target: FairnessTarget, *, grid: int = DEFAULT_GRID,
 ) -> GroupThresholds:
@@ -90,29 +147,11 @@ def fit_group_thresholds(
     ``scores`` ``(n,)``: any score increasing in P(Y=1|x); ``y`` in {0, 1}; ``s`` group codes
     ``0..G−1``. ``grid``: candidates per group (see the module docstring).
     """
-    scores, y, s = (np.asarray(a).ravel() for a in (scores, y, s))
-    if len({len(scores), len(y), len(s)}) != 1:
-        raise ConfigError(LENGTHS.format(lengths=(len(scores), len(y), len(s))))
-    if grid < 2:
-        raise ConfigError(BAD_GRID.format(grid=grid))
-    scores, y, s = scores.astype(float), y.astype(np.int64), s.astype(np.int64)
-    n_groups = int(s.max()) + 1
-    candidates, rates, sizes, tp, fp, fn, tn = [], [], [], [], [], [], []
-    for g in range(n_groups):
-        positive, negative = scores[(s == g) & (y == 1)], scores[(s == g) & (y == 0)]
-        group_sizes = rate_sizes(target.constraint, len(positive), len(negative))
-        for name, size in zip(RATES[target.constraint], group_sizes):
-            if size == 0:
-                raise UndefinedMetricError(EMPTY_RATE.format(target=target.metric, group=g, rate=name))
-        cand = candidate_thresholds(scores[s == g], grid)
-        tp.append(_counts_at(positive, cand))
-        fp.append(_counts_at(negative, cand))
-        fn.append(len(positive) - tp[-1])
-        tn.append(len(negative) - fp[-1])
-        group_rates, group_sizes = rates_and_sizes(target.constraint, tp[-1], fp[-1], len(positive), len(negative))
-        candidates.append(cand)
-        rates.append(group_rates)
-        sizes.append(group_sizes)
+    groups, scores, _, _ = group_counts(scores, y, s, target, grid)
+    n_groups = len(groups)
+    candidates, rates, sizes = [g.candidates for g in groups], [g.rates for g in groups], [g.sizes for g in groups]
+    tp, fp = [g.tp for g in groups], [g.fp for g in groups]
+    fn, tn = [g.n_pos - g.tp for g in groups], [g.n_neg - g.fp for g in groups]
 
     def total(per_group: list[np.ndarray]) -> np.ndarray:
         """Σ_g per_group[g][k_g] over the product grid, shape (m_0, …, m_{G−1})."""
@@ -132,10 +171,246 @@ def fit_group_thresholds(
         pair = np.zeros(errs.shape)
         for r in range(rates[g].shape[1]):
             variance = axis(rate_variance(rates[g][:, r], sizes[g][r]), g) + axis(rate_variance(rates[h][:, r], sizes[h][r]), h)
-            pair = pair + expected_abs(axis(rates[g][:, r], g) - axis(rates[h][:, r], h), np.sqrt(scale * variance))
+            pair = pair + bounded_abs(axis(rates[g][:, r], g) - axis(rates[h][:, r], h), np.sqrt(scale * variance), target.estimate)
         worst = np.maximum(worst, pair)
     feasible = worst <= target.tolerance + 1e-12  # never empty: +inf everywhere has gap 0
     best = np.unravel_index(np.argmin(np.where(feasible, errs, np.inf)), errs.shape)
     thresholds = np.array([candidates[g][k] for g, k in enumerate(best)])
     gap = max(float(np.abs(rates[g][best[g]] - rates[h][best[h]]).sum()) for g, h in combinations(range(n_groups), 2))
     return GroupThresholds(thresholds, target, gap, float(worst[best]), float(errs[best]))
+
+
+@dataclass(frozen=True)
+class RandomizedThresholds:
+    """Fitted randomized per-group rules: ``P(Ŷ=1 | score, g) = probabilities[g][j]``, j = number of ``cuts[g]`` ≤ score.
+
+    Per group a nondecreasing step function of the score, from 0 below the lowest cut: a mixture
+    of the thresholds ``cuts[g]`` (``probabilities[g][j+1] − probabilities[g][j]`` is the weight
+    of the rule ``score ≥ cuts[g][j]``), e.g. fairlearn's "positive above t₂, with probability p
+    between t₁ and t₂". A group whose probabilities are all 0 or 1 is decided deterministically.
+    ``fit_gap``, ``fit_bound``, ``fit_err``: the gap, the bounded gap and Err the rule has *in
+    expectation* on the fitting data. :meth:`predict` draws from ``numpy.random.default_rng(seed)``:
+    the same scores give the same labels.
+    """
+
+    cuts: tuple[np.ndarray, ...]
+    probabilities: tuple[np.ndarray, ...]
+    target: FairnessTarget
+    fit_gap: float
+    fit_bound: float
+    fit_err: float
+    seed: int
+
+    def positive_probability(self, scores: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """``P(Ŷ=1)`` ``(n,)`` of each sample, from its score and group code."""
+        scores, s = np.asarray(scores, dtype=float).ravel(), np.asarray(s, dtype=np.int64).ravel()
+        out = np.zeros(len(scores))
+        for g, (cuts, probabilities) in enumerate(zip(self.cuts, self.probabilities)):
+            members = s == g
+            out[members] = probabilities[np.searchsorted(cuts, scores[members], side="right")]
+        return out
+
+    def predict(self, scores: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """Labels ``(n,)`` int64: ``u < P(Ŷ=1)`` with ``u`` uniform from ``default_rng(seed)``, one per sample in order."""
+        probability = self.positive_probability(scores, s)
+        return (np.random.default_rng(self.seed).random(len(probability)) < probability).astype(np.int64)
+
+    def record(self) -> dict[str, list[list[float]]]:
+        """JSON-ready, per group: ``thresholds`` (the cuts) and ``probabilities`` of Ŷ = 1 from each cut on."""
+        return {"thresholds": [[float(t) for t in cuts] for cuts in self.cuts],
+                "probabilities": [[float(p) for p in probabilities[1:]] for probabilities in self.probabilities]}
+
+
+def threshold_grid(n_groups: int) -> int:
+    """Candidate thresholds per group: the deterministic search visits grid^G combinations, kept to about 2 million."""
+    return max(2, min(DEFAULT_GRID, int(round(2e6 ** (1 / n_groups)))))
+
+
+def fit_threshold_rule(
+    scores: np.ndarray, y: np.ndarray, s: np.ndarray, target: FairnessTarget, rule: ThresholdRule, *, seed: int = 0,
+) -> GroupThresholds | RandomizedThresholds:
+    """The per-group ``rule`` (:func:`fit_group_thresholds` or :func:`fit_randomized_thresholds`, whose labels are
+    drawn from ``seed``) with the least Err meeting ``target``, on :func:`threshold_grid` candidates per group."""
+    grid = threshold_grid(int(np.max(s)) + 1)
+    if rule == "randomized":
+        return fit_randomized_thresholds(scores, y, s, target, grid=grid, seed=seed)
+    return fit_group_thresholds(scores, y, s, target, grid=grid)
+
+
+#: Chords of E|x + sd·Z| on each side of 0, every sd/4 up to 4·sd: their upper bound exceeds it by < 0.007·sd.
+CHORD_KNOTS = 16
+#: The linear programs bound the gap by ε − this, the solver's feasibility tolerance, so the rule meets ε exactly.
+SOLVER_MARGIN = 1e-6
+#: FP budgets of the coarse search, and golden-section steps around the best of them.
+BUDGETS, REFINE_STEPS = 24, 20
+#: Mixture weights below this are the solver's rounding, dropped.
+WEIGHT_FLOOR = 1e-9
+#: Rounds of moving the program's tolerance for the ``"expected"`` bound, and how close below ε that bound must come.
+NOISE_ROUNDS, AIM_PRECISION = 6, 1e-4
+
+
+def chords(sd: float, estimate: Estimate) -> tuple[np.ndarray, np.ndarray]:
+    """Intercepts ``a`` and slopes ``b`` with ``max_j (a_j + b_j·x) ≥`` :func:`~fairtune.constraints.targets.bounded_abs`
+    on [−1, 1], equal at the knots.
+
+    The chords of a convex function between consecutive knots lie above it between them, so their
+    maximum is its piecewise-linear interpolation: an upper bound, and exact where the function is
+    ``|x|`` plus a constant (sd = 0, or ``"upper"``: knots −1, 0, 1). Else knots every sd/4 within
+    ±4·sd (:data:`CHORD_KNOTS` per side), and ±1.
+    """
+    inner = sd * np.linspace(-4, 4, 2 * CHORD_KNOTS + 1) if sd > 0 and estimate == "expected" else np.zeros(1)
+    knots = np.unique(np.clip(np.concatenate([[-1.0], inner, [1.0]]), -1, 1))
+    values = bounded_abs(knots, sd, estimate)
+    slopes = np.diff(values) / np.diff(knots)
+    return values[:-1] - slopes * knots[:-1], slopes
+
+
+def mixture_rates(groups: list[GroupCounts], weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Expected rates ``(G, R)``, true and false positives ``(G,)`` of per-group mixtures of the candidates."""
+    rates = np.stack([w @ g.rates for g, w in zip(groups, weights)])
+    return rates, np.array([w @ g.tp for g, w in zip(groups, weights)]), np.array([w @ g.fp for g, w in zip(groups, weights)])
+
+
+def mixture_err(groups: list[GroupCounts], weights: list[np.ndarray]) -> float:
+    """Err of the expected confusion counts, summed over the groups (:func:`err_from_counts`)."""
+    _, tp, fp = mixture_rates(groups, weights)
+    n_pos, n_neg = sum(g.n_pos for g in groups), sum(g.n_neg for g in groups)
+    return float(err_from_counts(tp.sum(), fp.sum(), n_pos - tp.sum(), n_neg - fp.sum()))
+
+
+def noise_sd(groups: list[GroupCounts], rates: np.ndarray, scale: float) -> dict[tuple[int, int], np.ndarray]:
+    """``sd_r`` per pair g < h ``(R,)``: ``sqrt(scale·(Var R[g,r] + Var R[h,r]))`` at the rates ``(G, R)``."""
+    variance = np.stack([rate_variance(rates[g], group.sizes) for g, group in enumerate(groups)]) * scale
+    return {(g, h): np.sqrt(variance[g] + variance[h]) for g, h in combinations(range(len(groups)), 2)}
+
+
+def best_mixture(groups: list[GroupCounts], sd: dict[tuple[int, int], np.ndarray], tolerance: float,
+                 estimate: Estimate) -> list[np.ndarray] | None:
+    """Per-group mixture weights with the least Err whose gap, bounded with the fixed noise ``sd``, is ≤ ``tolerance``.
+
+    Variables: the weights λ_g ≥ 0 (Σ = 1) of each group's candidates, the rate gaps
+    ``d[p,r] = R[g,r] − R[h,r]`` (linear in λ) and ``t[p,r] ≥`` the :func:`chords` of what
+    ``estimate`` bounds of ``d`` for each pair p = (g, h), with ``Σ_r t[p,r] ≤ tolerance``. For a budget b of false
+    positives, the most true positives is then a linear program; Err, increasing in FP and
+    decreasing in TP, is searched along b (``BUDGETS`` evenly spaced, then golden section around
+    the best). None if no program was feasible.
+    """
+    n_rates = groups[0].rates.shape[1]
+    offsets = np.cumsum([0] + [len(g.candidates) for g in groups])
+    gaps = [(pair, r) for pair in sd for r in range(n_rates)]
+    gap_at = {gap: offsets[-1] + i for i, gap in enumerate(gaps)}  # d, then t at + len(gaps)
+    width = offsets[-1] + 2 * len(gaps)
+    eq, ub = _Rows(width), _Rows(width)
+    for g, group in enumerate(groups):
+        eq.add({offsets[g] + k: 1.0 for k in range(len(group.candidates))}, 1.0)
+    for (g, h), r in gaps:
+        column = gap_at[(g, h), r]
+        rates = {offsets[g] + k: v for k, v in enumerate(groups[g].rates[:, r])}
+        for k, v in enumerate(groups[h].rates[:, r]):
+            rates[offsets[h] + k] = -v
+        eq.add({**rates, column: -1.0}, 0.0)  # R[g,r] − R[h,r] − d = 0
+        for intercept, slope in zip(*chords(float(sd[g, h][r]), estimate)):
+            ub.add({column: slope, column + len(gaps): -1.0}, -intercept)  # slope·d − t ≤ −intercept
+    for pair in sd:
+        ub.add({gap_at[pair, r] + len(gaps): 1.0 for r in range(n_rates)}, tolerance - SOLVER_MARGIN)
+    fp, tp = np.concatenate([g.fp for g in groups]), np.concatenate([g.tp for g in groups])
+    ub.add(dict(enumerate(fp)), 0.0)  # Σ FP ≤ b, set per program
+    a_eq, b_eq, a_ub, b_ub = *eq.matrix(), *ub.matrix()
+    cost = np.zeros(width)
+    cost[:offsets[-1]] = -tp + 1e-9 * fp  # the most TP; among equals, the fewest FP
+    bounds = [(0, None)] * offsets[-1] + [(None, None)] * len(gaps) + [(0, None)] * len(gaps)
+
+    def solve(budget: float) -> tuple[float, list[np.ndarray] | None]:
+        b_ub[-1] = budget
+        result = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
+        if result.status != 0:
+            return np.inf, None
+        weights = [result.x[offsets[g]:offsets[g + 1]] for g in range(len(groups))]
+        weights = [np.where(w > WEIGHT_FLOOR, w, 0.0) for w in weights]
+        weights = [w / w.sum() for w in weights]
+        return mixture_err(groups, weights), weights
+
+    budgets = np.linspace(0, sum(g.n_neg for g in groups), BUDGETS + 1)
+    tried = [solve(b) for b in budgets]
+    k = int(np.argmin([err for err, _ in tried]))
+    low, high = budgets[max(k - 1, 0)], budgets[min(k + 1, BUDGETS)]
+    ratio = (np.sqrt(5) - 1) / 2
+    left, right = high - ratio * (high - low), low + ratio * (high - low)
+    at_left, at_right = solve(left), solve(right)
+    tried += [at_left, at_right]
+    for _ in range(REFINE_STEPS):
+        if at_left[0] <= at_right[0]:
+            high, right, at_right = right, left, at_left
+            left = high - ratio * (high - low)
+            at_left = solve(left)
+            tried.append(at_left)
+        else:
+            low, left, at_left = left, right, at_right
+            right = low + ratio * (high - low)
+            at_right = solve(right)
+            tried.append(at_right)
+    return min(tried, key=lambda item: item[0])[1]
+
+
+class _Rows:
+    """Sparse rows ``Σ_j a_j x_j (= or ≤) b`` of a linear program, added one at a time."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.rows: list[int] = []
+        self.columns: list[int] = []
+        self.values: list[float] = []
+        self.bounds: list[float] = []
+
+    def add(self, coefficients: dict[int, float], bound: float) -> None:
+        self.rows += [len(self.bounds)] * len(coefficients)
+        self.columns += list(coefficients)
+        self.values += list(coefficients.values())
+        self.bounds.append(bound)
+
+    def matrix(self) -> tuple[csr_matrix, np.ndarray]:
+        """The coefficients ``(rows, width)`` and the bounds ``(rows,)``."""
+        shape = (len(self.bounds), self.width)
+        return coo_matrix((self.values, (self.rows, self.columns)), shape=shape).tocsr(), np.array(self.bounds, dtype=float)
+
+
+def fit_randomized_thresholds(
+    scores: np.ndarray, y: np.ndarray, s: np.ndarray, target: FairnessTarget, *, grid: int = DEFAULT_GRID, seed: int = 0,
+) -> RandomizedThresholds:
+    """Randomized per-group rules (mixtures of the candidate thresholds) with the least Err meeting ``target`` in expectation.
+
+    Starts from :func:`fit_group_thresholds` on the same ``grid`` (a deterministic rule is a
+    mixture of one threshold), so its Err is never higher. The gap bounded for
+    ``estimate="expected"`` depends on the rates through their noise, which :func:`best_mixture`
+    holds fixed (at the deterministic rule's rates): each round moves the program's tolerance by
+    how far its solution's own bounded gap (:func:`~fairtune.constraints.targets.gap_bound`)
+    missed ε, and a mixture is kept only if that gap is ≤ ε. Where the fixed noise alone exceeds
+    ε (tiny groups), the deterministic rule is kept. ``seed``: that of
+    :meth:`RandomizedThresholds.predict`.
+    """
+    deterministic = fit_group_thresholds(scores, y, s, target, grid=grid)
+    groups, scores, _, _ = group_counts(scores, y, s, target, grid)
+    sizes, scale = np.stack([g.sizes for g in groups]), target.noise_scale(len(scores))
+    best = [(g.candidates == t).astype(float) for g, t in zip(groups, deterministic.thresholds)]
+    sd, aim = noise_sd(groups, mixture_rates(groups, best)[0], scale), target.tolerance
+    for _ in range(NOISE_ROUNDS if scale else 1):
+        weights = best_mixture(groups, sd, aim, target.estimate)
+        if weights is None:
+            break
+        rates = mixture_rates(groups, weights)[0]
+        bound = gap_bound(rates, sizes, target, len(scores))
+        if bound <= target.tolerance:
+            if mixture_err(groups, weights) < mixture_err(groups, best):
+                best = weights
+            if bound > target.tolerance - AIM_PRECISION:
+                break
+        aim += target.tolerance - AIM_PRECISION / 2 - bound
+    rates = mixture_rates(groups, best)[0]
+    cuts, probabilities = [], []
+    for group, weights in zip(groups, best):
+        used = (weights > 0) & np.isfinite(group.candidates)  # +∞ predicts no positive: it adds no step
+        cuts.append(group.candidates[used])
+        probabilities.append(np.minimum(np.concatenate([[0.0], np.cumsum(weights[used])]), 1.0))
+    gap = max(float(np.abs(rates[g] - rates[h]).sum()) for g, h in combinations(range(len(groups)), 2))
+    return RandomizedThresholds(tuple(cuts), tuple(probabilities), target, gap, gap_bound(rates, sizes, target, len(scores)),
+                                mixture_err(groups, best), seed)

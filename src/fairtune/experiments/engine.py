@@ -40,9 +40,9 @@ from tqdm.auto import tqdm
 
 from .._validation import check_groups_present
 from ..batched import CandidateSet, predict_candidates, train_candidate_sets, train_candidates
-from ..catalogue import PRETRAINED, MethodSpec
+from ..catalogue import PRETRAINED, MethodSpec, ThresholdRule
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
-from ..constraints import FairnessTarget, fit_group_thresholds, select_under_target
+from ..constraints import FairnessTarget, fit_threshold_rule, select_under_target
 from ..data import NamedDatasetErrors, load_task
 from ..data._types import Split, Task
 from ..errors import ConfigError
@@ -66,6 +66,8 @@ SELECTION_SCORES: dict[str, Callable[[dict[str, float]], float]] = {
 }
 NOT_MET_ON_VAL = ("{method}, seed {seed}: no candidate met {metric} <= {tolerance:g} on validation; kept the closest "
                   "(validation {metric} {gap:.3f}), flagged in selections.json")
+RULE_NOT_MET_ON_VAL = ("{method}, seed {seed}: its per-group rule (fitted on train+val for a new split) measures validation "
+                       "{metric} {gap:.3f} > {tolerance:g}, flagged in selections.json")
 NEEDS_INPUTS = (
     "method {method!r} updates the whole model and needs the model and its tabular inputs; "
     "use --retrain-scope last (FinetuneGrid(retrain_scope='last')) to fine-tune the target layer only"
@@ -265,17 +267,21 @@ class Selection:
     A method that trains by epochs is scored at each epoch count of the grid, as checkpoints of
     one run of ``max(grid.epochs)`` epochs. Without a target the kept candidate has the lowest
     validation score; ties go to the earlier candidate, then the earlier checkpoint, whatever
-    order they were scored in. With a fairness ``target`` it is the one with the lowest
-    validation Err among those that meet it on validation, else the closest
-    (:func:`~fairtune.constraints.select_under_target`; ``met_on_val`` says which); with
-    ``thresholds``, per-group decision thresholds are then fitted on train and validation
-    pooled and decide its predictions.
+    order they were scored in. With a fairness ``target`` and candidates trained subject to it
+    (``constrained``) it is the one with the lowest validation Err among those that meet it on
+    validation, else the closest (:func:`~fairtune.constraints.select_under_target`;
+    ``met_on_val`` says which); candidates trained without it are selected as without a target.
+    With ``thresholds`` (a :data:`~fairtune.catalogue.ThresholdRule`), per-group decision rules
+    are then fitted on train and validation pooled and decide its predictions (a randomized rule
+    draws from ``seed``).
     """
 
     data: dict[str, TrainingData]
     grid: FinetuneGrid
     target: FairnessTarget | None = None
-    thresholds: bool = False
+    thresholds: ThresholdRule | None = None
+    constrained: bool = False
+    seed: int = 0
     seconds: float = 0.0  # spent scoring
     _best: dict[str, Any] = field(default_factory=dict)
     _kept: list[dict[str, Any]] = field(default_factory=list)
@@ -293,7 +299,7 @@ class Selection:
         record = {} if params is None else params_record(params)
         order = (SELECTION_SCORES[self.grid.selection](val_metrics), index, epoch or 0)
         if self.target is not None:
-            self._kept.append({"order": order[1:], "params": record if epoch is None else {**record, "epochs": epoch},
+            self._kept.append({"order": order, "params": record if epoch is None else {**record, "epochs": epoch},
                                "val": val_metrics, "y_pred": fitted.predict(test.x, test.s), "trainable": fitted.trainable_params,
                                "scores": {name: fitted.scores(split.x) for name, split in self.data.items()} if self.thresholds else None})
         elif not self._best or order < self._best["order"]:
@@ -307,33 +313,31 @@ class Selection:
         if self.target is None:
             return dict(self._best)
         started = time.perf_counter()
-        kept = sorted(self._kept, key=lambda record: record["order"])  # the order of one loop per candidate, whatever ran
-        index, met = select_under_target([record["val"] for record in kept], self.target)
-        best = {**kept[index], "met_on_val": met}
-        if self.thresholds:  # the thresholds decide the predictions, and whether validation meets the target
-            best.update(apply_thresholds(best["scores"], self.data, self.target))
+        kept = sorted(self._kept, key=lambda record: record["order"][1:])  # the order of one loop per candidate, whatever ran
+        if self.constrained:
+            index, met = select_under_target([record["val"] for record in kept], self.target)
+            best = {**kept[index], "met_on_val": met}
+        else:  # trained without the target: selected as without it, then post-processed
+            best = min(kept, key=lambda record: record["order"])
+        if self.thresholds:  # the rules decide the predictions, and whether validation meets the target
+            best = {**best, **apply_thresholds(best["scores"], self.data, self.target, self.thresholds, self.seed)}
             best["met_on_val"] = best["val"][self.target.metric] <= self.target.tolerance
         self.seconds += time.perf_counter() - started
         return best
 
 
-def apply_thresholds(scores: dict[str, np.ndarray], data: dict[str, TrainingData], target: FairnessTarget) -> dict[str, Any]:
-    """Per-group thresholds fitted on train and validation pooled (for the gap expected on a new split):
-    the validation metrics and test predictions they give, and the thresholds themselves."""
+def apply_thresholds(scores: dict[str, np.ndarray], data: dict[str, TrainingData], target: FairnessTarget,
+                     rule: ThresholdRule = "deterministic", seed: int = 0) -> dict[str, Any]:
+    """Per-group decision rules fitted on train and validation pooled (for the gap expected on a new split):
+    the validation metrics and test predictions they give, and the rules themselves (``thresholds``, and
+    ``probabilities`` for a randomized rule)."""
     pooled_scores = np.concatenate([scores["train"], scores["val"]])
     y = np.concatenate([data["train"].y.cpu().numpy(), data["val"].y.cpu().numpy()])
     s = np.concatenate([data["train"].s.cpu().numpy(), data["val"].s.cpu().numpy()])
-    n_groups = int(s.max()) + 1
-    rule = fit_group_thresholds(pooled_scores, y, s, target, grid=threshold_grid(n_groups))
+    fitted = fit_threshold_rule(pooled_scores, y, s, target, rule, seed=seed)
     val, test = data["val"], data["test"]
-    return {"val": metrics_of(rule.predict(scores["val"], val.s.cpu().numpy()), val),
-            "y_pred": rule.predict(scores["test"], test.s.cpu().numpy()),
-            "thresholds": [float(t) for t in rule.thresholds]}
-
-
-def threshold_grid(n_groups: int) -> int:
-    """Candidate thresholds per group: the search visits grid^G combinations, kept to about 2 million."""
-    return max(2, min(1000, int(round(2e6 ** (1 / n_groups)))))
+    return {"val": metrics_of(fitted.predict(scores["val"], val.s.cpu().numpy()), val),
+            "y_pred": fitted.predict(scores["test"], test.s.cpu().numpy()), **fitted.record()}
 
 
 def target_of(spec: MethodSpec) -> FairnessTarget | None:
@@ -341,7 +345,7 @@ def target_of(spec: MethodSpec) -> FairnessTarget | None:
     info = spec.info
     if info.constraint is None:
         return None
-    return FairnessTarget(info.constraint, info.value.default if spec.value is None else spec.value)
+    return FairnessTarget(info.constraint, info.value.default if spec.value is None else spec.value, info.estimate)
 
 
 def pooled(first: TrainingData, second: TrainingData) -> TrainingData:
@@ -399,7 +403,7 @@ class MethodFit:
             target, data = model_inputs()
         for name, split in data.items():
             check_groups_present(split.s.cpu().numpy(), int(data["train"].s.max()) + 1, where=name)
-        if fairness is not None:
+        if fairness is not None and parsed.info.constrained:
             method.constrain(fairness, pooled(data["train"], data["val"]))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -407,7 +411,7 @@ class MethodFit:
             candidates = method.candidates(target, grid)
             rng_state = torch.random.get_rng_state()
         return cls(parsed, method, fairness, grid, target, data, seed, context, candidates,
-                   Selection(data, grid, fairness, parsed.info.thresholds), rng_state, tuple(group_names or ()),
+                   Selection(data, grid, fairness, parsed.info.thresholds, method.target is not None, seed), rng_state, tuple(group_names or ()),
                    keep_predictions, time.perf_counter() - started)
 
     @property
@@ -470,8 +474,9 @@ class MethodFit:
             row["target_met"] = bool(row[fairness.metric] <= fairness.tolerance)
             selection.update(target_record(fairness, best, row))
             if not best["met_on_val"]:
-                logger.warning(NOT_MET_ON_VAL.format(method=spec, seed=self.seed, metric=fairness.metric,
-                                                     tolerance=fairness.tolerance, gap=best["val"][fairness.metric]))
+                message = RULE_NOT_MET_ON_VAL if self.spec.info.thresholds else NOT_MET_ON_VAL
+                logger.warning(message.format(method=spec, seed=self.seed, metric=fairness.metric,
+                                              tolerance=fairness.tolerance, gap=best["val"][fairness.metric]))
         predictions = None
         if self.keep_predictions:
             codes = test.s.cpu().numpy()
@@ -539,8 +544,7 @@ def target_record(target: FairnessTarget, best: dict[str, Any], row: dict[str, A
     record = {"target": {"constraint": target.constraint, "tolerance": target.tolerance},
               "val_gap": best["val"][target.metric], "met_on_val": best["met_on_val"],
               "test_gap": row[target.metric], "met_on_test": row["target_met"]}
-    if "thresholds" in best:
-        record["thresholds"] = best["thresholds"]
+    record.update({key: best[key] for key in ("thresholds", "probabilities") if key in best})
     return record
 
 

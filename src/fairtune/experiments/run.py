@@ -17,7 +17,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
-from ..catalogue import PRETRAINED, TARGETABLE, parse_methods, targeted
+from ..catalogue import PRETRAINED, TARGETABLE, ThresholdRule, parse_methods, targeted, threshold_rule
 from ..constraints.targets import BAD_TOLERANCE
 from ..errors import ConfigError
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
@@ -48,7 +48,14 @@ class RunConfig(_Settings):
     constraint: Literal["eo", "dp"] | None = Field(
         None, description="fairness target for every method that can take one: fine-tune subject to ΔEO (eo) or ΔDP (dp) <= tolerance")
     tolerance: float | None = Field(None, description="ε of the fairness target (default 0.05)")
-    thresholds: bool = Field(False, description="with a target, also fit per-group decision thresholds (needs the sensitive attribute to predict)")
+    thresholds: ThresholdRule | None = Field(
+        None, description="with a target, fine-tune as without it, then fit per-group decision thresholds meeting it: "
+                          "'deterministic' or 'randomized' (needs the sensitive attribute to predict; true: deterministic)")
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _threshold_rule(cls, value: object) -> ThresholdRule | None:
+        return threshold_rule(value)
 
     @field_validator("methods")
     @classmethod

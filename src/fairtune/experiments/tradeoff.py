@@ -2,12 +2,12 @@
 
 For each tolerance ε of a constraint (``eo`` or ``dp``), every method of :data:`METHODS` runs on
 every seed as a unit of the engine (:mod:`fairtune.experiments.engine`): fairtune's targets
-(``tl-eo:ε``, ``win-eo:ε`` and their ``-thr`` forms), the tolerance peers (``errorparity-eo:ε``,
+(``tl-eo:ε``, ``win-eo:ε`` and their ``-thr`` and ``-rthr`` forms), the tolerance peers (``errorparity-eo:ε``,
 ``fairret-eo:ε``), fairlearn's ThresholdOptimizer and ExponentiatedGradient, and TL and WIN
 without a target. Methods without ε run once per seed and appear in every ε's table.
 
 Each method belongs to a setting: whether it needs the sensitive attribute at prediction time
-(per-group thresholds, ThresholdOptimizer, RelaxedThresholdOptimizer) or not. The report gives,
+(per-group thresholds, randomized or not, ThresholdOptimizer, RelaxedThresholdOptimizer) or not. The report gives,
 per ε and setting: mean Err and gaps, in how many seeds the test gap met ε, the methods no other
 of the setting beats on both mean Err and mean gap (the front), and a verdict against the
 setting's fairlearn peer, generated from the numbers.
@@ -37,7 +37,7 @@ GAP_NAMES: dict[str, str] = {"eo": "ΔEO", "dp": "ΔDP"}
 #: The study's methods; ``{c}`` is the constraint and ``{e}`` the tolerance ε.
 METHODS: tuple[str, ...] = (
     "tl", "win", "tl-{c}:{e}", "win-{c}:{e}", "fairret-{c}:{e}", "fairlearn-eg-{c}",
-    "tl-{c}-thr:{e}", "win-{c}-thr:{e}", "errorparity-{c}:{e}", "fairlearn-to-{c}",
+    "tl-{c}-thr:{e}", "win-{c}-thr:{e}", "tl-{c}-rthr:{e}", "win-{c}-rthr:{e}", "errorparity-{c}:{e}", "fairlearn-to-{c}",
 )
 #: The peer each setting is judged against.
 PEERS: dict[str, str] = {WITHOUT_S: "fairlearn-eg-{c}", WITH_S: "fairlearn-to-{c}"}
