@@ -26,7 +26,7 @@ The folded normal credits a fitted gap ΔR with the noise cancelling part of it,
 ΔR is centred on the population gap. A rule *chosen* for its fitted rates is not: among many
 candidates the search keeps those whose noise flattered them (the convex hull of an empirical
 ROC curve lies above the true one), and on Adult the rules fitted for ``"expected"`` measured
-above ε on test. ``estimate="upper"`` bounds the gap by the triangle inequality instead,
+above ε on test. ``estimate="upper"`` bounds the gap by the triangle inequality instead::
 
     Σ_r (|ΔR_r| + E|sd_r·Z|) ≥ Σ_r E|ΔR_r + sd_r·Z|,
 
