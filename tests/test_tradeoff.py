@@ -41,6 +41,18 @@ def test_the_study_runs_every_method_at_every_tolerance_and_writes_its_report(wr
     assert again.exit_code == 0 and sorted((out / "units").glob("*.json")) == units
 
 
+def test_the_study_in_two_processes_gives_the_rows_of_one(write_csv, tmp_path) -> None:
+    common = ["study", "tradeoff", "--dataset", "csv", "--csv", str(write_csv(n_rows=600)), "--target", "label",
+              "--sensitive", "group", "--positive", "yes", "--seeds", "2", "--tolerances", "0.1", "--lrs", "0.05",
+              "--epochs", "2", "--methods", "tl,tl-{c}:{e},tl-{c}-rthr:{e},fairlearn-to-{c}",
+              "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    for name, processes in (("one", "1"), ("two", "2")):
+        result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / name), "--processes", processes])
+        assert result.exit_code == 0, result.output
+    one, two = (pd.read_csv(tmp_path / name / "tradeoff.csv").drop(columns="fit_seconds") for name in ("one", "two"))
+    pd.testing.assert_frame_equal(one, two)
+
+
 def test_plan_runs_a_method_without_tolerance_once_per_seed() -> None:
     config = TradeoffConfig.model_validate({"run": {"seeds": (0, 1)}, "tolerances": (0.05, 0.1)})
     methods = [unit.method for unit in plan(config) if unit.seed == 0]

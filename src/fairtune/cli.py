@@ -251,9 +251,11 @@ def study(
     constraint: Annotated[str, typer.Option(help="tradeoff: the gap the target bounds, 'eo' (ΔEO) or 'dp' (ΔDP).")] = "eo",
     tolerances: Annotated[str, typer.Option(help="tradeoff: the tolerances ε studied.")] = "0.02,0.05,0.1,0.2",
     methods: Annotated[str | None, typer.Option(help="tradeoff: method specs, {c} standing for the constraint and {e} for ε (default: tl, win, tl-{c}:{e}, win-{c}:{e}, fairret-{c}:{e}, fairlearn-eg-{c}, tl-{c}-thr:{e}, win-{c}-thr:{e}, errorparity-{c}:{e}, fairlearn-to-{c}).")] = None,
+    processes: Annotated[int, typer.Option(min=1, help="Run the units in this many local processes (same results).")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Study where the neutralized importance changes the outcome, or the fairness-target trade-off; resumable; writes a report and plots."""
+    from .experiments import choose_executor
     from .experiments.study import StudyConfig, run_study
 
     if subject == "tradeoff":
@@ -269,7 +271,7 @@ def study(
             **({} if methods is None else {"methods": _words(methods)}),
         })
         started = time.perf_counter()
-        markdown = run_tradeoff(config, out, progress=not quiet)
+        markdown = run_tradeoff(config, out, progress=not quiet, executor=choose_executor(processes=processes))
         typer.echo("\n".join(line for line in markdown.splitlines() if line.startswith(("- ", "### "))))
         typer.echo(f"\n{time.perf_counter() - started:.1f} s; wrote {out}/tradeoff.md, tradeoff.csv, tradeoff_summary.csv, tradeoff_config.json, tradeoff_*.png")
         return
@@ -286,7 +288,7 @@ def study(
     }
     config = StudyConfig.from_options(**{key: value for key, value in settings.items() if value is not None})
     started = time.perf_counter()
-    markdown = run_study(config, out, progress=not quiet)
+    markdown = run_study(config, out, progress=not quiet, executor=choose_executor(processes=processes))
     typer.echo(markdown.split("\n\n### ")[0])
     typer.echo(f"\n{time.perf_counter() - started:.1f} s; wrote {out}/study.md, study.csv, study_summary.csv, dominance.csv, pareto_*.png")
 

@@ -30,6 +30,7 @@ from ..catalogue import PRETRAINED, MethodSpec
 from ..config import FinetuneGrid, SourceBalance, _Settings
 from ..report import figures, tables
 from .engine import Unit, execute
+from .scheduling import SerialExecutor
 from .run import RunConfig
 from .store import ResultStore
 
@@ -88,10 +89,13 @@ def plan(config: StudyConfig) -> list[tuple[str, MethodSpec, Unit]]:
     return planned
 
 
-def neutralization_study(config: StudyConfig, directory: str | Path, *, progress: bool = True) -> pd.DataFrame:
-    """Run every unit not yet stored under ``directory/units``; return one row per (source, method, seed)."""
+def neutralization_study(config: StudyConfig, directory: str | Path, *, progress: bool = True,
+                         executor: SerialExecutor | None = None) -> pd.DataFrame:
+    """Run every unit not yet stored under ``directory/units`` (on ``executor``, default this process); return one
+    row per (source, method, seed)."""
     planned = plan(config)
-    results = execute([unit for _, _, unit in planned], config.run.environment(), store=ResultStore(Path(directory) / "units"),
+    results = execute([unit for _, _, unit in planned], config.run.environment(), executor=executor,
+                      store=ResultStore(Path(directory) / "units"),
                       progress="neutralization study" if progress else None)
     return pd.DataFrame([{**result.row, "source": source, "method": str(spec)}
                          for (source, spec, _), result in zip(planned, results)])
@@ -140,10 +144,10 @@ def verdict(dominance_tables: Sequence[pd.DataFrame]) -> str:
     return "\n".join(lines)
 
 
-def run_study(config: StudyConfig, directory: str | Path, *, progress: bool = True) -> str:
+def run_study(config: StudyConfig, directory: str | Path, *, progress: bool = True, executor: SerialExecutor | None = None) -> str:
     """Run (or resume) the study into ``directory`` and write its report; return the markdown."""
     out = ensure_writable_dir(directory)
-    return write_study(neutralization_study(config, out, progress=progress), config, out)
+    return write_study(neutralization_study(config, out, progress=progress, executor=executor), config, out)
 
 
 def write_study(results: pd.DataFrame, config: StudyConfig, directory: str | Path) -> str:

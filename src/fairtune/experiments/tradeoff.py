@@ -28,6 +28,7 @@ from ..constraints.targets import BAD_TOLERANCE
 from ..errors import ConfigError
 from ..report import figures, tables
 from .engine import Unit, execute
+from .scheduling import SerialExecutor
 from .fair_pretraining import BIAS_METRIC
 from .run import RunConfig
 from .store import ResultStore
@@ -84,13 +85,15 @@ def plan(config: TradeoffConfig) -> list[Unit]:
             for seed in base.seeds for method in (PRETRAINED, *specs)]
 
 
-def tradeoff_study(config: TradeoffConfig, directory: str | Path, *, progress: bool = True) -> pd.DataFrame:
-    """Run every unit not yet stored under ``directory/units``; one row per (ε, method, seed).
+def tradeoff_study(config: TradeoffConfig, directory: str | Path, *, progress: bool = True,
+                   executor: SerialExecutor | None = None) -> pd.DataFrame:
+    """Run every unit not yet stored under ``directory/units`` (on ``executor``, default this process); one row
+    per (ε, method, seed).
 
     A method without ε is reported under every ε (its ``target_met`` then judged against that ε).
     """
     units = plan(config)
-    results = execute(units, config.run.environment(), store=ResultStore(Path(directory) / "units"),
+    results = execute(units, config.run.environment(), executor=executor, store=ResultStore(Path(directory) / "units"),
                       progress="trade-off study" if progress else None)
     rows_by_method = {}
     for unit, result in zip(units, results):
@@ -191,7 +194,8 @@ def write_tradeoff(rows: pd.DataFrame, config: TradeoffConfig, directory: str | 
     return markdown
 
 
-def run_tradeoff(config: TradeoffConfig, directory: str | Path, *, progress: bool = True) -> str:
+def run_tradeoff(config: TradeoffConfig, directory: str | Path, *, progress: bool = True,
+                 executor: SerialExecutor | None = None) -> str:
     """Run (or resume) the study into ``directory`` and write its report; return the markdown."""
     out = ensure_writable_dir(directory)
-    return write_tradeoff(tradeoff_study(config, out, progress=progress), config, out)
+    return write_tradeoff(tradeoff_study(config, out, progress=progress, executor=executor), config, out)
