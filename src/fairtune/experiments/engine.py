@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._validation import check_groups_present
-from ..batched import CandidateSet, predict_candidates, train_candidate_sets, train_candidates
+from ..batched import CandidateSet, predict_candidates, train_candidate_sets
 from ..catalogue import PRETRAINED, MethodSpec, ThresholdRule
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
 from ..constraints import FairnessTarget, fit_threshold_rule, select_under_target
@@ -425,7 +425,11 @@ class MethodFit:
             return [self.method.initial_head(self.target, self.context, params).requires_grad_(True) for params in self.candidates]
 
     def train(self, batched: bool = True) -> MethodFit:
-        """Train and score every candidate: one loop each, or (``batched``, a plain head method) one loop for all."""
+        """Train and score every candidate: one loop each, or (``batched``, a plain head method) one loop for all
+        (:func:`train_together`)."""
+        if batched and self.trains_alike:
+            train_together([self])
+            return self
         started = time.perf_counter()
         grid = self.grid
 
@@ -435,28 +439,19 @@ class MethodFit:
 
         with torch.random.fork_rng(devices=[]):
             torch.random.set_rng_state(self.rng_state)
-            if batched and self.trains_alike:
-                heads = self.initial_heads()
-                sizes = [count_parameters(head) for head in heads]
-                train_candidates(heads, [params.lr for params in self.candidates], self.data["train"], epochs=max(grid.epochs),
-                                 batch_size=grid.batch_size, seed=self.seed, checkpoints=set(grid.epochs),
-                                 on_checkpoint=lambda epoch, trained: self.observe(epoch, trained, sizes))
-            else:
-                for index, params in enumerate(self.candidates):
-                    if self.method.trains_by_epoch:
-                        fit(params, max(grid.epochs), lambda epoch, fitted, params=params, index=index:
-                            self.selection.observe(epoch, fitted, params, index))
-                    else:
-                        self.selection.observe(None, fit(params, max(grid.epochs), None), params, index)
+            for index, params in enumerate(self.candidates):
+                if self.method.trains_by_epoch:
+                    fit(params, max(grid.epochs), lambda epoch, fitted, params=params, index=index:
+                        self.selection.observe(epoch, fitted, params, index))
+                else:
+                    self.selection.observe(None, fit(params, max(grid.epochs), None), params, index)
         self.train_seconds += time.perf_counter() - started
         return self
 
-    def observe(self, epoch: int, heads: Sequence[nn.Module], sizes: Sequence[int], val_pred: np.ndarray | None = None) -> None:
-        """Score the candidates' heads (trained together) after ``epoch``; ``val_pred`` ``(K, n_val)``, where computed."""
-        if val_pred is None and epoch in self.grid.epochs:
-            val_pred = predict_candidates(heads, self.data["val"].x)
+    def observe(self, epoch: int, heads: Sequence[nn.Module], sizes: Sequence[int], val_pred: np.ndarray) -> None:
+        """Score the candidates' heads (trained together) after ``epoch`` from their validation labels ``(K, n_val)``."""
         for index, (head, size, params) in enumerate(zip(heads, sizes, self.candidates)):
-            self.selection.observe(epoch, FittedHead(head, size), params, index, None if val_pred is None else val_pred[index])
+            self.selection.observe(epoch, FittedHead(head, size), params, index, val_pred[index])
 
     def result(self) -> UnitResult:
         """The kept candidate's test metrics, selection record and predictions; the seconds per stage."""
@@ -508,7 +503,7 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
 def train_together(fits: Sequence[MethodFit]) -> None:
     """Train the candidates of every fit (plain head methods, one grid) in one loop: each seed's candidates are
     one :class:`~fairtune.batched.CandidateSet` (one batch order), and seeds whose training splits have the
-    same length train together. Each fit's candidates end, and are scored, as :meth:`MethodFit.train` would."""
+    same length train together. Each fit's candidates end, and are scored, as in one loop per candidate."""
     by_length: dict[int, list[MethodFit]] = {}
     for fit in fits:
         by_length.setdefault(len(fit.data["train"]), []).append(fit)
@@ -524,14 +519,13 @@ def train_together(fits: Sequence[MethodFit]) -> None:
                 for seed, members in seeds.items()]
         grid = group[0].grid
 
-        def observe(epoch: int, per_set: list[list[nn.Module]]) -> None:
+        def observe(epoch: int, per_set: list[list[nn.Module]]) -> None:  # called at the grid's epochs only
             for members, trained in zip(seeds.values(), per_set):
-                val_pred = predict_candidates(trained, members[0].data["val"].x) if epoch in grid.epochs else None
+                val_pred = predict_candidates(trained, members[0].data["val"].x)
                 offset = 0
                 for fit in members:
                     count = len(fit.candidates)
-                    fit.observe(epoch, trained[offset:offset + count], sizes[id(fit)],
-                                None if val_pred is None else val_pred[offset:offset + count])
+                    fit.observe(epoch, trained[offset:offset + count], sizes[id(fit)], val_pred[offset:offset + count])
                     offset += count
 
         train_candidate_sets(sets, epochs=max(grid.epochs), batch_size=grid.batch_size, checkpoints=set(grid.epochs),
