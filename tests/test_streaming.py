@@ -81,6 +81,16 @@ def test_non_finite_entries_are_counted_over_all_chunks() -> None:
         TableEncoder(fit).encode(new, np.arange(50), chunk_rows=8)
 
 
+def test_colliding_encoded_names_are_refused_as_the_column_transformer_did() -> None:
+    """A numeric column ``color_red`` beside a category column ``color`` with value ``red``: two features, one name."""
+    frame = pd.DataFrame({"color_red": [0.5, 1.5, 2.5], "color": ["red", "blue", "red"]})
+    with pytest.raises(ValueError):  # scikit-learn's own refusal, before the encoder
+        ColumnTransformer([("n", StandardScaler(), ["color_red"]), ("c", OneHotEncoder(sparse_output=False), ["color"])],
+                          verbose_feature_names_out=False).fit(frame).get_feature_names_out()
+    with pytest.raises(DataError, match="duplicate column name.*'color_red'"):
+        TableEncoder(frame)
+
+
 def test_chunk_rows_must_be_positive() -> None:
     frame = pd.DataFrame({"x": [0.0, 1.0]})
     with pytest.raises(ValueError, match="chunk_rows must be >= 1"):

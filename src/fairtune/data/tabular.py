@@ -212,6 +212,7 @@ class TableEncoder:
         self.feature_names = tuple(
             str(name) for columns, transformer in self.parts for name in transformer.get_feature_names_out([str(c) for c in columns])
         )
+        check_unique_columns(list(self.feature_names), source="the encoded table (a column is named like a category's one-hot column)")
 
     def encode(self, frame: pd.DataFrame, rows: np.ndarray, *, chunk_rows: int = ENCODE_CHUNK_ROWS) -> np.ndarray:
         """The encoded ``frame.iloc[rows]``, ``(len(rows), len(feature_names))`` float32; non-finite entries refused.
