@@ -559,16 +559,10 @@ def _with_preparation(result: UnitResult, preparation: dict[str, float]) -> Unit
     return result
 
 
-def fit_unit(unit: Unit, env: Environment) -> UnitResult:
-    """Compute one unit (with one torch thread; see the module docstring)."""
-    with intra_op_threads(1):
-        fit, preparation = start_unit(unit, env)
-        return _with_preparation(fit.train(env.batched).result(), preparation)
-
-
 def fit_bundle(units: Sequence[Unit], env: Environment) -> list[UnitResult]:
-    """Compute units of one grid (see :func:`bundle_units`): the candidates of every plain head method of every
-    seed train in one loop (:func:`train_together`), the other units one by one; results in the order of ``units``."""
+    """Compute units of one grid (see :func:`bundles_of`; a single unit is a bundle too), with one torch thread (see
+    the module docstring): the candidates of every plain head method of every seed train in one loop
+    (:func:`train_together`), the other units one by one; results in the order of ``units``."""
     with intra_op_threads(1):
         started = [start_unit(unit, env) for unit in units]
         stacked = [env.batched and fit.trains_alike for fit, _ in started]
