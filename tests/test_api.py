@@ -333,7 +333,7 @@ def test_randomized_thresholds_meet_the_target_in_expectation_and_predict_reprod
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
-    ({"constraint": "eo", "thresholds": "yes"}, "thresholds must be 'deterministic' or 'randomized', got 'yes'"),
+    ({"constraint": "eo", "thresholds": "yes"}, "thresholds must be 'deterministic', 'randomized' or 'proxy', got 'yes'"),
     ({"tolerance": 0.05}, "give constraint='eo' or constraint='dp' too"),
     ({"constraint": "eo", "tolerance": 0.0}, "must be a finite number > 0 and < 2"),
     ({"constraint": "equal"}, "unknown fairness constraint 'equal'"),

@@ -75,11 +75,13 @@ def test_every_targetable_method_has_each_target_form_and_targeted_names_it():
     for base in catalogue.TARGETABLE:
         for suffix, (constrained, rule, _, _) in catalogue.TARGET_FORMS.items():
             info = CATALOGUE[f"{base}-eo{suffix}"]
-            assert (info.base, info.constrained, info.thresholds, info.sensitive_at_prediction) == (base, constrained, rule, bool(rule))
+            needs_s = rule in ("deterministic", "randomized")  # a proxy rule infers the groups from the inputs
+            assert (info.base, info.constrained, info.thresholds, info.sensitive_at_prediction) == (base, constrained, rule, needs_s)
     assert catalogue.targeted("win", "dp", 0.1, "randomized") == "win-dp-rthr:0.1"
+    assert catalogue.targeted("tl", "eo", 0.05, "proxy") == "tl-eo-pthr:0.05"
     assert catalogue.targeted("tl", "eo", 0.05, True) == catalogue.targeted("tl", "eo", 0.05, "deterministic") == "tl-eo-thr:0.05"
     assert catalogue.targeted("tl", "eo", 0.05, False) == catalogue.targeted("tl", "eo", 0.05) == "tl-eo:0.05"
-    with pytest.raises(ConfigError, match="thresholds must be 'deterministic' or 'randomized', got 'both'"):
+    with pytest.raises(ConfigError, match="thresholds must be 'deterministic', 'randomized' or 'proxy', got 'both'"):
         catalogue.targeted("tl", "eo", 0.05, "both")
 
 

@@ -311,7 +311,7 @@ def test_randomized_thresholds_are_asked_for_by_name_and_recorded(data_csv, tmp_
 
 
 @pytest.mark.parametrize(("flags", "fragment"), [
-    (["--constraint", "eo", "--thresholds", "random"], "thresholds must be 'deterministic' or 'randomized', got 'random'"),
+    (["--constraint", "eo", "--thresholds", "random"], "thresholds must be 'deterministic', 'randomized' or 'proxy', got 'random'"),
     (["--constraint", "eo", "--tolerance", "0"], "fairness tolerance ε must be a number in (0, 2), got 0.0"),
     (["--constraint", "eo", "--tolerance", "2"], "fairness tolerance ε must be a number in (0, 2), got 2.0"),
     (["--constraint", "equal"], "invalid value for 'constraint'"),

@@ -33,8 +33,11 @@ from .errors import REPEATED_METHODS, ConfigError
 
 Family = Literal["reference", "baseline", "win", "regularizer", "variant", "peer", "target"]
 Inputs = Literal["features", "model"]
-#: Per-group decision rules after fine-tuning: one threshold per group, or a mixture of thresholds.
-ThresholdRule = Literal["deterministic", "randomized"]
+#: Decision rules after fine-tuning: one threshold per group, a mixture of thresholds per group, or a mixture
+#: per cell of the groups inferred from the inputs (no sensitive attribute at prediction time).
+ThresholdRule = Literal["deterministic", "randomized", "proxy"]
+#: The rules that decide by the sensitive attribute itself, which prediction then needs.
+RULES_NEEDING_S: tuple[ThresholdRule, ...] = ("deterministic", "randomized")
 
 UNKNOWN_METHOD = "unknown method {name!r}; available: {available}"
 NO_VALUE = "method {name!r} takes no ':value' suffix (only {takers} do), got {spec!r}"
@@ -195,27 +198,32 @@ TARGET_FORMS: dict[str, tuple[bool, ThresholdRule | None, str, str]] = {
                                             "mixture of thresholds, drawn from the seed) meeting {gap} ≤ ε in expectation "
                                             "with the new split's noise added in full, at less Err (needs the sensitive "
                                             "attribute at prediction time)"),
+    "-pthr": (False, "proxy", "upper", "fine-tuned as without a target, then randomized thresholds per cell of the group "
+                                       "inferred from the inputs (a logistic regression of the sensitive attribute, fitted "
+                                       "on train+val) meeting {gap} ≤ ε in expectation with the new split's noise added in "
+                                       "full (no sensitive attribute at prediction time)"),
 }
-_RULE_LABELS = {None: "", "deterministic": ", thresholds", "randomized": ", randomized thresholds"}
-BAD_THRESHOLDS = "thresholds must be 'deterministic' or 'randomized', got {value!r}"
-#: Colours of the fairness targets, in TARGETABLE's order and per base eo, eo-thr, eo-rthr, dp, dp-thr, dp-rthr
-#: (matplotlib's tab20c and tab20b, distinct from the methods' own).
+_RULE_LABELS = {None: "", "deterministic": ", thresholds", "randomized": ", randomized thresholds",
+                "proxy": ", inferred-group thresholds"}
+BAD_THRESHOLDS = "thresholds must be 'deterministic', 'randomized' or 'proxy', got {value!r}"
+#: Colours of the fairness targets, in TARGETABLE's order and per base eo, eo-thr, eo-rthr, eo-pthr, dp, dp-thr,
+#: dp-rthr, dp-pthr (mostly matplotlib's tab20c and tab20b, distinct from the methods' own).
 _TARGET_COLOURS = (
-    "#e6550d", "#fd8d3c", "#bd9e39", "#fdae6b", "#fdd0a2", "#e7ba52",  # tl: oranges, golds
-    "#756bb1", "#9e9ac8", "#a55194", "#bcbddc", "#dadaeb", "#ce6dbd",  # svd: purples, pinks
-    "#31a354", "#74c476", "#8ca252", "#a1d99b", "#c7e9c0", "#b5cf6b",  # win: greens
-    "#636363", "#969696", "#ad494a", "#bdbdbd", "#d9d9d9", "#d6616b",  # win-hidden: greys, reds
-    "#3182bd", "#6baed6", "#6b6ecf", "#9ecae1", "#c6dbef", "#9c9ede",  # svd-hidden: blues
+    "#e6550d", "#fd8d3c", "#bd9e39", "#8c2d04", "#fdae6b", "#fdd0a2", "#e7ba52", "#a63603",  # tl: oranges, golds
+    "#756bb1", "#9e9ac8", "#a55194", "#54278f", "#bcbddc", "#dadaeb", "#ce6dbd", "#3f007d",  # svd: purples, pinks
+    "#31a354", "#74c476", "#8ca252", "#006d2c", "#a1d99b", "#c7e9c0", "#b5cf6b", "#00441b",  # win: greens
+    "#636363", "#969696", "#ad494a", "#252525", "#bdbdbd", "#d9d9d9", "#d6616b", "#000000",  # win-hidden: greys, reds
+    "#3182bd", "#6baed6", "#6b6ecf", "#08519c", "#9ecae1", "#c6dbef", "#9c9ede", "#08306b",  # svd-hidden: blues
 )
 
 
 def threshold_rule(value: object) -> ThresholdRule | None:
-    """The per-group rule a setting asks for: None/False (none), True or "deterministic", "randomized"."""
+    """The decision rule a setting asks for: None/False (none), True or "deterministic", "randomized", "proxy"."""
     if value is None or value is False:
         return None
     if value is True:
         return "deterministic"
-    if value not in ("deterministic", "randomized"):
+    if value not in ("deterministic", "randomized", "proxy"):
         raise ConfigError(BAD_THRESHOLDS.format(value=value))
     return value  # type: ignore[return-value]
 
@@ -232,7 +240,7 @@ def _targets(bases: dict[str, MethodInfo]) -> tuple[MethodInfo, ...]:
                     f"{name}-{constraint}{suffix}", f"{base.label} ({gap}≤ε{_RULE_LABELS[rule]})",
                     f"{base.label} {how.format(gap=gap)}", "target", base.inputs, base.implementation, next(colours), value,
                     base.uses_importance, base.estimator_args, base=name, constraint=constraint, constrained=constrained,
-                    thresholds=rule, estimate=estimate, sensitive_at_prediction=rule is not None,
+                    thresholds=rule, estimate=estimate, sensitive_at_prediction=rule in RULES_NEEDING_S,
                 ))
     return tuple(entries)
 

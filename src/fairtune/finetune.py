@@ -23,7 +23,8 @@ from . import errors
 from ._validation import binary_labels, finite_features, group_codes
 from .config import FinetuneGrid, FisherKind, Operator
 from .catalogue import CATALOGUE, MethodSpec, parse_methods, targeted, threshold_rule
-from .constraints import fit_threshold_rule
+from .constraints import fit_threshold_rule, predict_with_rule
+from .constraints.proxy import ProxyThresholds
 from .errors import ConfigError, DataError, FairtuneError, ModelError
 from .experiments.engine import compare_on_features, target_of
 from .factorization import find_linear, replace_module_
@@ -118,6 +119,7 @@ NOT_TORCH = "method {method!r} is not a torch fine-tuning method; compare() runs
 BAD_ARGUMENT = "invalid {argument}={value!r}: it must be {rule}"
 TARGET_NEEDS_CONSTRAINT = "tolerance and thresholds set a fairness target: give constraint='eo' or constraint='dp' too"
 NEEDS_SENSITIVE = "this FairFineTuner predicts with per-group thresholds: pass sensitive_features to predict"
+PROXY_NEEDS_ARRAY = "thresholds='proxy' infers the groups from X: pass X as an array or tensor, not a DataLoader"
 MEANINGLESS_ARGUMENT = "argument {argument}={value!r} means nothing for method {method!r}, which uses: {uses}"
 NOT_FITTED = "this FairFineTuner is not fitted yet; call fit() first"
 #: The arguments FairFineTuner passes to a method only where its catalogue entry uses them.
@@ -177,10 +179,12 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
         (:func:`~fairtune.constraints.train_constrained`), or with ``thresholds`` meet it by
         per-group decision rules after plain fine-tuning. The gap bounded is the one expected on a
         new sample of the same size (``docs/fairness_target.md``).
-    thresholds : with a target, fine-tune as without it, then fit per-group decision rules meeting it
-        on the training data: ``"deterministic"`` (or True; one threshold per group) or
-        ``"randomized"`` (a mixture of thresholds per group, its labels drawn from ``seed``: less
-        Err at the same gap). ``predict`` then needs ``sensitive_features``.
+    thresholds : with a target, fine-tune as without it, then fit decision rules meeting it on the
+        training data: ``"deterministic"`` (or True; one threshold per group) or ``"randomized"``
+        (a mixture of thresholds per group, its labels drawn from ``seed``: less Err at the same
+        gap), after which ``predict`` needs ``sensitive_features``; or ``"proxy"``, a randomized
+        rule per cell of the group inferred from X (:func:`~fairtune.constraints.fit_proxy_thresholds`),
+        which predicts from X alone.
 
     Attributes
     ----------
@@ -189,8 +193,8 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
     trainable_params_ : parameters that were fine-tuned.
     group_names_ : the sensitive groups seen in ``fit``.
     classes_ : ``array([0, 1])``.
-    thresholds_ : the fitted per-group rule (:class:`~fairtune.constraints.GroupThresholds` or
-        :class:`~fairtune.constraints.RandomizedThresholds`), or None.
+    thresholds_ : the fitted rule (:class:`~fairtune.constraints.GroupThresholds`,
+        :class:`~fairtune.constraints.RandomizedThresholds` or :class:`~fairtune.constraints.ProxyThresholds`), or None.
 
     Examples
     --------
@@ -274,8 +278,13 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
         self.classes_ = np.array([0, 1])
         self.thresholds_ = None
         if spec.info.thresholds:
+            inputs = None
+            if spec.info.thresholds == "proxy":
+                if y is None:
+                    raise ConfigError(PROXY_NEEDS_ARRAY)
+                inputs = _as_inputs(X).cpu().numpy()
             self.thresholds_ = fit_threshold_rule(fitted.scores(train.x), train.y.cpu().numpy(), train.s.cpu().numpy(), target,
-                                                  spec.info.thresholds, seed=self.seed)
+                                                  spec.info.thresholds, seed=self.seed, x=inputs)
         return self
 
     def _check_fitted(self) -> None:
@@ -294,14 +303,16 @@ class FairFineTuner(ClassifierMixin, BaseEstimator):
         return np.column_stack([1.0 - positive, positive])
 
     def predict(self, X: Any, *, sensitive_features: Any = None) -> np.ndarray:
-        """Predicted labels in {0, 1}: P(Y=1 | x) > 0.5, or ≥ the group's threshold where ``thresholds_`` are fitted."""
+        """Predicted labels in {0, 1}: P(Y=1 | x) > 0.5, or by the fitted ``thresholds_`` (per group, or per cell of X)."""
         positive = self.predict_proba(X)[:, 1]
         if self.thresholds_ is None:
             return (positive > 0.5).astype(np.int64)
+        if isinstance(self.thresholds_, ProxyThresholds):
+            return predict_with_rule(self.thresholds_, positive, None, _as_inputs(X).cpu().numpy())
         if sensitive_features is None:
             raise DataError(NEEDS_SENSITIVE)
         codes = known_groups(sensitive_features, self.group_names_)
-        return self.thresholds_.predict(positive, codes)
+        return predict_with_rule(self.thresholds_, positive, codes)
 
 
 def compare(

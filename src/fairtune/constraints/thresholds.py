@@ -36,7 +36,6 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix, csr_matrix
 
-from ..catalogue import ThresholdRule
 from ..errors import ConfigError, UndefinedMetricError
 from .targets import RATES, Estimate, FairnessTarget, bounded_abs, gap_bound, rate_sizes, rate_variance, rates_and_sizes
 
@@ -116,22 +115,90 @@ class GroupCounts:
     sizes: np.ndarray
 
 
-def group_counts(
-    scores: np.ndarray, y: np.ndarray, s: np.ndarray, target: FairnessTarget, grid: int,
-) -> tuple[list[GroupCounts], np.ndarray, np.ndarray, np.ndarray]:
-    """Each group's :class:`GroupCounts`, and ``scores``, ``y``, ``s`` checked and as float / int64 arrays."""
+@dataclass(frozen=True)
+class CellCounts:
+    """The samples a rule decides alike (one group, or one cell of inferred groups) at each of its candidate thresholds.
+
+    ``candidates`` ``(m,)`` ascending, +∞ last; ``tp``/``fp`` ``(m,)``: the cell's predicted positives
+    among its positives / negatives; ``rates[g]`` ``(m, R)``: what they add to group g's rates
+    (None where the cell holds no sample of group g).
+    """
+
+    candidates: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    rates: tuple[np.ndarray | None, ...]
+
+
+@dataclass(frozen=True)
+class RuleCounts:
+    """Every cell's :class:`CellCounts`, and the groups' positives, negatives ``(G,)`` and rate sizes ``(G, R)``."""
+
+    cells: list[CellCounts]
+    n_pos: np.ndarray
+    n_neg: np.ndarray
+    sizes: np.ndarray
+
+    @classmethod
+    def of_groups(cls, groups: list[GroupCounts]) -> RuleCounts:
+        """Group thresholds: each group is one cell, adding to its own rates only."""
+        cells = [CellCounts(group.candidates, group.tp, group.fp, tuple(group.rates if h == g else None for h in range(len(groups))))
+                 for g, group in enumerate(groups)]
+        return cls(cells, np.array([g.n_pos for g in groups]), np.array([g.n_neg for g in groups]), np.stack([g.sizes for g in groups]))
+
+
+def _checked(scores: np.ndarray, y: np.ndarray, s: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scores, y, s = (np.asarray(a).ravel() for a in (scores, y, s))
     if len({len(scores), len(y), len(s)}) != 1:
         raise ConfigError(LENGTHS.format(lengths=(len(scores), len(y), len(s))))
     if grid < 2:
         raise ConfigError(BAD_GRID.format(grid=grid))
-    scores, y, s = scores.astype(float), y.astype(np.int64), s.astype(np.int64)
+    return scores.astype(float), y.astype(np.int64), s.astype(np.int64)
+
+
+def _check_rates_defined(target: FairnessTarget, g: int, n_pos: int, n_neg: int) -> None:
+    for name, size in zip(RATES[target.constraint], rate_sizes(target.constraint, n_pos, n_neg)):
+        if size == 0:
+            raise UndefinedMetricError(EMPTY_RATE.format(target=target.metric, group=g, rate=name))
+
+
+def cell_counts(
+    scores: np.ndarray, y: np.ndarray, s: np.ndarray, cells: np.ndarray, target: FairnessTarget, grid: int,
+) -> RuleCounts:
+    """:class:`RuleCounts` of a rule deciding by ``cells`` (codes ``0..C−1``) while the target measures groups ``s``.
+
+    A cell's candidates are its own distinct scores (``grid`` of them at most, :func:`candidate_thresholds`);
+    a cell without samples has +∞ only.
+    """
+    scores, y, s = _checked(scores, y, s, grid)
+    cells = np.asarray(cells).ravel().astype(np.int64)
+    if len(cells) != len(scores):
+        raise ConfigError(LENGTHS.format(lengths=(len(scores), len(y), len(s), len(cells))))
+    n_groups = int(s.max()) + 1
+    n_pos, n_neg = np.bincount(s[y == 1], minlength=n_groups), np.bincount(s[y == 0], minlength=n_groups)
+    for g in range(n_groups):
+        _check_rates_defined(target, g, int(n_pos[g]), int(n_neg[g]))
+    counts = []
+    for c in range(int(cells.max()) + 1):
+        inside = cells == c
+        candidates = candidate_thresholds(scores[inside], grid) if inside.any() else np.array([np.inf])
+        tp_by_group = [_counts_at(scores[inside & (s == g) & (y == 1)], candidates) for g in range(n_groups)]
+        fp_by_group = [_counts_at(scores[inside & (s == g) & (y == 0)], candidates) for g in range(n_groups)]
+        rates = tuple(rates_and_sizes(target.constraint, tp_by_group[g], fp_by_group[g], n_pos[g], n_neg[g])[0]
+                      if (inside & (s == g)).any() else None for g in range(n_groups))
+        counts.append(CellCounts(candidates, sum(tp_by_group), sum(fp_by_group), rates))
+    return RuleCounts(counts, n_pos, n_neg, rate_sizes(target.constraint, n_pos, n_neg))
+
+
+def group_counts(
+    scores: np.ndarray, y: np.ndarray, s: np.ndarray, target: FairnessTarget, grid: int,
+) -> tuple[list[GroupCounts], np.ndarray, np.ndarray, np.ndarray]:
+    """Each group's :class:`GroupCounts`, and ``scores``, ``y``, ``s`` checked and as float / int64 arrays."""
+    scores, y, s = _checked(scores, y, s, grid)
     groups = []
     for g in range(int(s.max()) + 1):
         positive, negative = scores[(s == g) & (y == 1)], scores[(s == g) & (y == 0)]
-        for name, size in zip(RATES[target.constraint], rate_sizes(target.constraint, len(positive), len(negative))):
-            if size == 0:
-                raise UndefinedMetricError(EMPTY_RATE.format(target=target.metric, group=g, rate=name))
+        _check_rates_defined(target, g, len(positive), len(negative))
         candidates = candidate_thresholds(scores[s == g], grid)
         tp, fp = _counts_at(positive, candidates), _counts_at(negative, candidates)
         rates, sizes = rates_and_sizes(target.constraint, tp, fp, len(positive), len(negative))
@@ -226,17 +293,6 @@ def threshold_grid(n_groups: int) -> int:
     return max(2, min(DEFAULT_GRID, int(round(2e6 ** (1 / n_groups)))))
 
 
-def fit_threshold_rule(
-    scores: np.ndarray, y: np.ndarray, s: np.ndarray, target: FairnessTarget, rule: ThresholdRule, *, seed: int = 0,
-) -> GroupThresholds | RandomizedThresholds:
-    """The per-group ``rule`` (:func:`fit_group_thresholds` or :func:`fit_randomized_thresholds`, whose labels are
-    drawn from ``seed``) with the least Err meeting ``target``, on :func:`threshold_grid` candidates per group."""
-    grid = threshold_grid(int(np.max(s)) + 1)
-    if rule == "randomized":
-        return fit_randomized_thresholds(scores, y, s, target, grid=grid, seed=seed)
-    return fit_group_thresholds(scores, y, s, target, grid=grid)
-
-
 #: Chords of E|x + sd·Z| on each side of 0, every sd/4 up to 4·sd: their upper bound exceeds it by < 0.007·sd.
 CHORD_KNOTS = 16
 #: The linear programs bound the gap by ε − this, the solver's feasibility tolerance, so the rule meets ε exactly.
@@ -265,55 +321,67 @@ def chords(sd: float, estimate: Estimate) -> tuple[np.ndarray, np.ndarray]:
     return values[:-1] - slopes * knots[:-1], slopes
 
 
-def mixture_rates(groups: list[GroupCounts], weights: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Expected rates ``(G, R)``, true and false positives ``(G,)`` of per-group mixtures of the candidates."""
-    rates = np.stack([w @ g.rates for g, w in zip(groups, weights)])
-    return rates, np.array([w @ g.tp for g, w in zip(groups, weights)]), np.array([w @ g.fp for g, w in zip(groups, weights)])
+def mixture_rates(counts: RuleCounts, weights: list[np.ndarray]) -> tuple[np.ndarray, float, float]:
+    """Expected rates ``(G, R)``, true and false positives of per-cell mixtures of the candidates."""
+    n_groups = len(counts.n_pos)
+    rates = np.stack([sum(w @ cell.rates[g] for cell, w in zip(counts.cells, weights) if cell.rates[g] is not None)
+                      for g in range(n_groups)])
+    return rates, sum(w @ cell.tp for cell, w in zip(counts.cells, weights)), sum(w @ cell.fp for cell, w in zip(counts.cells, weights))
 
 
-def mixture_err(groups: list[GroupCounts], weights: list[np.ndarray]) -> float:
-    """Err of the expected confusion counts, summed over the groups (:func:`err_from_counts`)."""
-    _, tp, fp = mixture_rates(groups, weights)
-    n_pos, n_neg = sum(g.n_pos for g in groups), sum(g.n_neg for g in groups)
-    return float(err_from_counts(tp.sum(), fp.sum(), n_pos - tp.sum(), n_neg - fp.sum()))
+def mixture_err(counts: RuleCounts, weights: list[np.ndarray]) -> float:
+    """Err of the expected confusion counts, summed over the cells (:func:`err_from_counts`)."""
+    _, tp, fp = mixture_rates(counts, weights)
+    n_pos, n_neg = counts.n_pos.sum(), counts.n_neg.sum()
+    return float(err_from_counts(tp, fp, n_pos - tp, n_neg - fp))
 
 
-def noise_sd(groups: list[GroupCounts], rates: np.ndarray, scale: float) -> dict[tuple[int, int], np.ndarray]:
+def noise_sd(counts: RuleCounts, rates: np.ndarray, scale: float) -> dict[tuple[int, int], np.ndarray]:
     """``sd_r`` per pair g < h ``(R,)``: ``sqrt(scale·(Var R[g,r] + Var R[h,r]))`` at the rates ``(G, R)``."""
-    variance = np.stack([rate_variance(rates[g], group.sizes) for g, group in enumerate(groups)]) * scale
-    return {(g, h): np.sqrt(variance[g] + variance[h]) for g, h in combinations(range(len(groups)), 2)}
+    variance = np.stack([rate_variance(rates[g], sizes) for g, sizes in enumerate(counts.sizes)]) * scale
+    return {(g, h): np.sqrt(variance[g] + variance[h]) for g, h in combinations(range(len(rates)), 2)}
 
 
-def best_mixture(groups: list[GroupCounts], sd: dict[tuple[int, int], np.ndarray], tolerance: float,
+def _difference(first: np.ndarray | None, second: np.ndarray | None) -> np.ndarray:
+    """``first − second``, either of which may be absent (no contribution)."""
+    if second is None:
+        return first
+    return -second if first is None else first - second
+
+
+def best_mixture(counts: RuleCounts, sd: dict[tuple[int, int], np.ndarray], tolerance: float,
                  estimate: Estimate) -> list[np.ndarray] | None:
-    """Per-group mixture weights with the least Err whose gap, bounded with the fixed noise ``sd``, is ≤ ``tolerance``.
+    """Per-cell mixture weights with the least Err whose gap, bounded with the fixed noise ``sd``, is ≤ ``tolerance``.
 
-    Variables: the weights λ_g ≥ 0 (Σ = 1) of each group's candidates, the rate gaps
+    Variables: the weights λ_c ≥ 0 (Σ = 1) of each cell's candidates, the rate gaps
     ``d[p,r] = R[g,r] − R[h,r]`` (linear in λ) and ``t[p,r] ≥`` the :func:`chords` of what
     ``estimate`` bounds of ``d`` for each pair p = (g, h), with ``Σ_r t[p,r] ≤ tolerance``. For a budget b of false
     positives, the most true positives is then a linear program; Err, increasing in FP and
     decreasing in TP, is searched along b (``BUDGETS`` evenly spaced, then golden section around
     the best). None if no program was feasible.
     """
-    n_rates = groups[0].rates.shape[1]
-    offsets = np.cumsum([0] + [len(g.candidates) for g in groups])
+    cells = counts.cells
+    n_rates = counts.sizes.shape[1]
+    offsets = np.cumsum([0] + [len(cell.candidates) for cell in cells])
     gaps = [(pair, r) for pair in sd for r in range(n_rates)]
     gap_at = {gap: offsets[-1] + i for i, gap in enumerate(gaps)}  # d, then t at + len(gaps)
     width = offsets[-1] + 2 * len(gaps)
     eq, ub = _Rows(width), _Rows(width)
-    for g, group in enumerate(groups):
-        eq.add({offsets[g] + k: 1.0 for k in range(len(group.candidates))}, 1.0)
+    for c, cell in enumerate(cells):
+        eq.add({offsets[c] + k: 1.0 for k in range(len(cell.candidates))}, 1.0)
     for (g, h), r in gaps:
         column = gap_at[(g, h), r]
-        rates = {offsets[g] + k: v for k, v in enumerate(groups[g].rates[:, r])}
-        for k, v in enumerate(groups[h].rates[:, r]):
-            rates[offsets[h] + k] = -v
+        rates = {}
+        for c, cell in enumerate(cells):
+            if cell.rates[g] is not None or cell.rates[h] is not None:
+                first, second = (None if cell.rates[i] is None else cell.rates[i][:, r] for i in (g, h))
+                rates.update({offsets[c] + k: v for k, v in enumerate(_difference(first, second))})
         eq.add({**rates, column: -1.0}, 0.0)  # R[g,r] − R[h,r] − d = 0
         for intercept, slope in zip(*chords(float(sd[g, h][r]), estimate)):
             ub.add({column: slope, column + len(gaps): -1.0}, -intercept)  # slope·d − t ≤ −intercept
     for pair in sd:
         ub.add({gap_at[pair, r] + len(gaps): 1.0 for r in range(n_rates)}, tolerance - SOLVER_MARGIN)
-    fp, tp = np.concatenate([g.fp for g in groups]), np.concatenate([g.tp for g in groups])
+    fp, tp = np.concatenate([cell.fp for cell in cells]), np.concatenate([cell.tp for cell in cells])
     ub.add(dict(enumerate(fp)), 0.0)  # Σ FP ≤ b, set per program
     a_eq, b_eq, a_ub, b_ub = *eq.matrix(), *ub.matrix()
     cost = np.zeros(width)
@@ -325,12 +393,12 @@ def best_mixture(groups: list[GroupCounts], sd: dict[tuple[int, int], np.ndarray
         result = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
         if result.status != 0:
             return np.inf, None
-        weights = [result.x[offsets[g]:offsets[g + 1]] for g in range(len(groups))]
+        weights = [result.x[offsets[c]:offsets[c + 1]] for c in range(len(cells))]
         weights = [np.where(w > WEIGHT_FLOOR, w, 0.0) for w in weights]
         weights = [w / w.sum() for w in weights]
-        return mixture_err(groups, weights), weights
+        return mixture_err(counts, weights), weights
 
-    budgets = np.linspace(0, sum(g.n_neg for g in groups), BUDGETS + 1)
+    budgets = np.linspace(0, counts.n_neg.sum(), BUDGETS + 1)
     tried = [solve(b) for b in budgets]
     k = int(np.argmin([err for err, _ in tried]))
     low, high = budgets[max(k - 1, 0)], budgets[min(k + 1, BUDGETS)]
@@ -376,6 +444,7 @@ class _Rows:
 
 def fit_randomized_thresholds(
     scores: np.ndarray, y: np.ndarray, s: np.ndarray, target: FairnessTarget, *, grid: int = DEFAULT_GRID, seed: int = 0,
+    cells: np.ndarray | None = None,
 ) -> RandomizedThresholds:
     """Randomized per-group rules (mixtures of the candidate thresholds) with the least Err meeting ``target`` in expectation.
 
@@ -387,30 +456,51 @@ def fit_randomized_thresholds(
     missed ε, and a mixture is kept only if that gap is ≤ ε. Where the fixed noise alone exceeds
     ε (tiny groups), the deterministic rule is kept. ``seed``: that of
     :meth:`RandomizedThresholds.predict`.
+
+    ``cells`` (codes ``0..C−1``, e.g. :class:`~fairtune.constraints.InferredGroups`): the rule decides
+    by these instead of the groups, which the target still measures; it then starts from predicting
+    no positive (a gap of 0), with the noise held at the rates of the top ``mean(y)`` scores.
     """
-    deterministic = fit_group_thresholds(scores, y, s, target, grid=grid)
-    groups, scores, _, _ = group_counts(scores, y, s, target, grid)
-    sizes, scale = np.stack([g.sizes for g in groups]), target.noise_scale(len(scores))
-    best = [(g.candidates == t).astype(float) for g, t in zip(groups, deterministic.thresholds)]
-    sd, aim = noise_sd(groups, mixture_rates(groups, best)[0], scale), target.tolerance
+    if cells is None:
+        deterministic = fit_group_thresholds(scores, y, s, target, grid=grid)
+        groups, scores, y, s = group_counts(scores, y, s, target, grid)
+        counts = RuleCounts.of_groups(groups)
+        best = [(g.candidates == t).astype(float) for g, t in zip(groups, deterministic.thresholds)]
+        sd = noise_sd(counts, mixture_rates(counts, best)[0], target.noise_scale(len(scores)))
+    else:
+        counts = cell_counts(scores, y, s, cells, target, grid)
+        scores, y, s = _checked(scores, y, s, grid)
+        best = [(cell.candidates == np.inf).astype(float) for cell in counts.cells]
+        sd = noise_sd(counts, _rates_above(scores, y, s, np.quantile(scores, 1 - y.mean()), target), target.noise_scale(len(scores)))
+    sizes, scale, aim = counts.sizes, target.noise_scale(len(scores)), target.tolerance
     for _ in range(NOISE_ROUNDS if scale else 1):
-        weights = best_mixture(groups, sd, aim, target.estimate)
+        weights = best_mixture(counts, sd, aim, target.estimate)
         if weights is None:
             break
-        rates = mixture_rates(groups, weights)[0]
+        rates = mixture_rates(counts, weights)[0]
         bound = gap_bound(rates, sizes, target, len(scores))
         if bound <= target.tolerance:
-            if mixture_err(groups, weights) < mixture_err(groups, best):
+            if mixture_err(counts, weights) < mixture_err(counts, best):
                 best = weights
             if bound > target.tolerance - AIM_PRECISION:
                 break
         aim += target.tolerance - AIM_PRECISION / 2 - bound
-    rates = mixture_rates(groups, best)[0]
+    rates = mixture_rates(counts, best)[0]
     cuts, probabilities = [], []
-    for group, weights in zip(groups, best):
-        used = (weights > 0) & np.isfinite(group.candidates)  # +∞ predicts no positive: it adds no step
-        cuts.append(group.candidates[used])
+    for cell, weights in zip(counts.cells, best):
+        used = (weights > 0) & np.isfinite(cell.candidates)  # +∞ predicts no positive: it adds no step
+        cuts.append(cell.candidates[used])
         probabilities.append(np.minimum(np.concatenate([[0.0], np.cumsum(weights[used])]), 1.0))
-    gap = max(float(np.abs(rates[g] - rates[h]).sum()) for g, h in combinations(range(len(groups)), 2))
+    gap = max(float(np.abs(rates[g] - rates[h]).sum()) for g, h in combinations(range(len(rates)), 2))
     return RandomizedThresholds(tuple(cuts), tuple(probabilities), target, gap, gap_bound(rates, sizes, target, len(scores)),
-                                mixture_err(groups, best), seed)
+                                mixture_err(counts, best), seed)
+
+
+def _rates_above(scores: np.ndarray, y: np.ndarray, s: np.ndarray, threshold: float, target: FairnessTarget) -> np.ndarray:
+    """The groups' rates ``(G, R)`` of the rule ``score ≥ threshold``."""
+    n_groups = int(s.max()) + 1
+    positive = scores >= threshold
+    tp = np.bincount(s[positive & (y == 1)], minlength=n_groups)
+    fp = np.bincount(s[positive & (y == 0)], minlength=n_groups)
+    n_pos, n_neg = np.bincount(s[y == 1], minlength=n_groups), np.bincount(s[y == 0], minlength=n_groups)
+    return rates_and_sizes(target.constraint, tp, fp, n_pos, n_neg)[0]

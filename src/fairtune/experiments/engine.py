@@ -42,7 +42,7 @@ from .._validation import check_groups_present
 from ..batched import CandidateSet, predict_candidates, train_candidate_sets
 from ..catalogue import PRETRAINED, MethodSpec, ThresholdRule
 from ..config import DataConfig, FinetuneGrid, PretrainConfig, _Settings
-from ..constraints import FairnessTarget, fit_threshold_rule, select_under_target
+from ..constraints import FairnessTarget, fit_threshold_rule, predict_with_rule, select_under_target
 from ..data import NamedDatasetErrors, load_task
 from ..data._types import Split, Task
 from ..errors import ConfigError
@@ -271,9 +271,9 @@ class Selection:
     (``constrained``) it is the one with the lowest validation Err among those that meet it on
     validation, else the closest (:func:`~fairtune.constraints.select_under_target`;
     ``met_on_val`` says which); candidates trained without it are selected as without a target.
-    With ``thresholds`` (a :data:`~fairtune.catalogue.ThresholdRule`), per-group decision rules
-    are then fitted on train and validation pooled and decide its predictions (a randomized rule
-    draws from ``seed``).
+    With ``thresholds`` (a :data:`~fairtune.catalogue.ThresholdRule`), decision rules are then
+    fitted on train and validation pooled and decide its predictions (a randomized rule draws
+    from ``seed``; a ``"proxy"`` rule infers the groups from ``proxy_inputs`` per split).
     """
 
     data: dict[str, TrainingData]
@@ -282,6 +282,7 @@ class Selection:
     thresholds: ThresholdRule | None = None
     constrained: bool = False
     seed: int = 0
+    proxy_inputs: dict[str, np.ndarray] | None = None
     seconds: float = 0.0  # spent scoring
     _best: dict[str, Any] = field(default_factory=dict)
     _kept: list[dict[str, Any]] = field(default_factory=list)
@@ -320,24 +321,36 @@ class Selection:
         else:  # trained without the target: selected as without it, then post-processed
             best = min(kept, key=lambda record: record["order"])
         if self.thresholds:  # the rules decide the predictions, and whether validation meets the target
-            best = {**best, **apply_thresholds(best["scores"], self.data, self.target, self.thresholds, self.seed)}
+            best = {**best, **apply_thresholds(best["scores"], self.data, self.target, self.thresholds, self.seed,
+                                               self.proxy_inputs)}
             best["met_on_val"] = best["val"][self.target.metric] <= self.target.tolerance
         self.seconds += time.perf_counter() - started
         return best
 
 
 def apply_thresholds(scores: dict[str, np.ndarray], data: dict[str, TrainingData], target: FairnessTarget,
-                     rule: ThresholdRule = "deterministic", seed: int = 0) -> dict[str, Any]:
-    """Per-group decision rules fitted on train and validation pooled (for the gap expected on a new split):
-    the validation metrics and test predictions they give, and the rules themselves (``thresholds``, and
-    ``probabilities`` for a randomized rule)."""
+                     rule: ThresholdRule = "deterministic", seed: int = 0,
+                     proxy_inputs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Decision rules fitted on train and validation pooled (for the gap expected on a new split): the
+    validation metrics and test predictions they give, and the rules themselves (``thresholds``, and
+    ``probabilities`` for a randomized rule). A ``"proxy"`` rule decides by ``proxy_inputs`` per split."""
     pooled_scores = np.concatenate([scores["train"], scores["val"]])
     y = np.concatenate([data["train"].y.cpu().numpy(), data["val"].y.cpu().numpy()])
     s = np.concatenate([data["train"].s.cpu().numpy(), data["val"].s.cpu().numpy()])
-    fitted = fit_threshold_rule(pooled_scores, y, s, target, rule, seed=seed)
-    val, test = data["val"], data["test"]
-    return {"val": metrics_of(fitted.predict(scores["val"], val.s.cpu().numpy()), val),
-            "y_pred": fitted.predict(scores["test"], test.s.cpu().numpy()), **fitted.record()}
+    x = None if proxy_inputs is None else np.concatenate([proxy_inputs["train"], proxy_inputs["val"]])
+    fitted = fit_threshold_rule(pooled_scores, y, s, target, rule, seed=seed, x=x)
+
+    def decide(name: str) -> np.ndarray:
+        return predict_with_rule(fitted, scores[name], data[name].s.cpu().numpy(), None if proxy_inputs is None else proxy_inputs[name])
+
+    return {"val": metrics_of(decide("val"), data["val"]), "y_pred": decide("test"), **fitted.record()}
+
+
+def proxy_inputs_of(features: dict[str, TrainingData], inputs: dict[str, TrainingData] | None) -> dict[str, np.ndarray]:
+    """What a ``"proxy"`` rule infers the groups from, per split: the model's own inputs where they are a table
+    (a tabular task), else the features the head sees (image data sets, whose inputs are not kept)."""
+    source = inputs if inputs is not None and inputs["train"].x.dim() == 2 else features
+    return {name: split.x.cpu().numpy() for name, split in source.items()}
 
 
 def target_of(spec: MethodSpec) -> FairnessTarget | None:
@@ -403,6 +416,9 @@ class MethodFit:
             target, data = model_inputs()
         for name, split in data.items():
             check_groups_present(split.s.cpu().numpy(), int(data["train"].s.max()) + 1, where=name)
+        proxy = None
+        if parsed.info.thresholds == "proxy":
+            proxy = proxy_inputs_of(features, model_inputs()[1] if model_inputs is not None else None)
         if fairness is not None and parsed.info.constrained:
             method.constrain(fairness, pooled(data["train"], data["val"]))
         with torch.random.fork_rng(devices=[]):
@@ -411,7 +427,8 @@ class MethodFit:
             candidates = method.candidates(target, grid)
             rng_state = torch.random.get_rng_state()
         return cls(parsed, method, fairness, grid, target, data, seed, context, candidates,
-                   Selection(data, grid, fairness, parsed.info.thresholds, method.target is not None, seed), rng_state, tuple(group_names or ()),
+                   Selection(data, grid, fairness, parsed.info.thresholds, method.target is not None, seed, proxy), rng_state,
+                   tuple(group_names or ()),
                    keep_predictions, time.perf_counter() - started)
 
     @property
@@ -550,7 +567,7 @@ def start_unit(unit: Unit, env: Environment) -> tuple[MethodFit, dict[str, float
     prepared = prepare(unit, env, stages=preparation)
     fit = MethodFit.start(unit.method, unit.finetune, prepared.layer, prepared.features, seed=unit.seed,
                           keep_predictions=env.keep_predictions, group_names=prepared.group_names,
-                          model_inputs=lambda: (prepared.model, prepared.inputs(unit.method)))
+                          model_inputs=(lambda: (prepared.model, prepared.inputs(unit.method))) if prepared.reload else None)
     return fit, preparation
 
 

@@ -49,8 +49,9 @@ class RunConfig(_Settings):
         None, description="fairness target for every method that can take one: fine-tune subject to ΔEO (eo) or ΔDP (dp) <= tolerance")
     tolerance: float | None = Field(None, description="ε of the fairness target (default 0.05)")
     thresholds: ThresholdRule | None = Field(
-        None, description="with a target, fine-tune as without it, then fit per-group decision thresholds meeting it: "
-                          "'deterministic' or 'randomized' (needs the sensitive attribute to predict; true: deterministic)")
+        None, description="with a target, fine-tune as without it, then fit decision thresholds meeting it: "
+                          "'deterministic' or 'randomized' per group (needs the sensitive attribute to predict; true: "
+                          "deterministic), or 'proxy' (randomized per cell of the group inferred from the inputs; does not)")
 
     @field_validator("thresholds", mode="before")
     @classmethod
