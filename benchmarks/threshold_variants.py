@@ -4,7 +4,7 @@
         [--bases tl,win] [--constrained tl] [--aims AIM,...] [--out FILE.json]
 
 Per base method and seed, the model is selected as ``fairtune run`` selects it
-(:func:`fairtune.experiments.engine.select_on_validation` on the default grid):
+(:class:`fairtune.experiments.engine.Selection` on the default grid):
 
 plain         fine-tuned without the target, the candidate of lowest validation Err (``tl``);
 constrained   fine-tuned subject to ΔEO ≤ ε, selected under the target (``tl-eo:ε``; its
@@ -12,7 +12,8 @@ constrained   fine-tuned subject to ΔEO ≤ ε, selected under the target (``tl
 
 Its scores P(Y=1|x) are then post-processed by per-group rules, each a combination of
 
-rule          deterministic (one threshold per group) or randomized (a mixture of thresholds);
+rule          deterministic (one threshold per group), randomized (a mixture of thresholds), or proxy
+              (a mixture per cell of the group inferred from the model's inputs: no s at prediction);
 fitted on     train+val pooled, train, val, or cross-fitted: five heads with the selected
               settings, each trained on four fifths of train+val, score the fifth left out; the
               rule is fitted on those out-of-fold scores and applied to the selected model;
@@ -36,11 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fairtune.catalogue import MethodSpec
 from fairtune.config import FinetuneGrid
-from fairtune.constraints import FairnessTarget, fit_threshold_rule
-from fairtune.experiments.engine import Environment, Unit, pooled, prepare, select_on_validation
-from fairtune.methods import build_method, params_record
+from fairtune.constraints import FairnessTarget, fit_threshold_rule, predict_with_rule
+from fairtune.experiments.engine import Environment, MethodFit, Selection, Unit, pooled, prepare, proxy_inputs_of
+from fairtune.methods import params_record
 from fairtune.metrics import evaluate
 from fairtune.training import TrainingData, intra_op_threads
 
@@ -57,6 +57,7 @@ VARIANTS: tuple[tuple[str, str, str], ...] = (
     ("deterministic", "train+val", "sample 0.4"), ("randomized", "train+val", "sample 0.4"),
     ("deterministic", "train+val", "upper"), ("randomized", "train+val", "upper"),
     ("deterministic", "train+val", "upper-test"), ("randomized", "train+val", "upper-test"),
+    ("proxy", "train+val", "upper"), ("proxy", "train+val", "expected"),
 )
 
 
@@ -66,34 +67,32 @@ def arrays(data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
 
 def selected(base: str, seed: int, grid: FinetuneGrid, target: FairnessTarget, constrained: bool) -> dict[str, Any]:
     """The model ``fairtune run`` keeps for ``base`` (subject to ``target`` if ``constrained``): its scores per split,
-    settings, fit seconds, and a function that trains the same settings on other data and scores a split."""
+    the model's inputs per split (for proxy rules), settings, fit seconds, and a function that trains the same
+    settings on other data and scores a split."""
     unit = Unit(method=base, seed=seed)
     with intra_op_threads(1):
         prepared = prepare(unit, Environment())
-    data, layer = prepared.features, prepared.layer
-    method = build_method(MethodSpec.parse(base), grid)
-    if constrained:
-        method.constrain(target, pooled(data["train"], data["val"]))
+    spec = f"{base}-eo:{target.tolerance}" if constrained else base
+    fit = MethodFit.start(spec, grid, prepared.layer, prepared.features, seed=seed)
+    fit.selection = Selection(fit.data, grid, target, "deterministic", constrained, seed)  # keeps every candidate's scores
     started = time.perf_counter()
-    with intra_op_threads(1), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        context = method.prepare(layer, data["train"], grid)
-
-        def fit(params: Any, epochs: int, on_epoch: Callable | None, train: TrainingData = data["train"]) -> Any:
-            return method.fit(layer, train, context, params, epochs=epochs, batch_size=grid.batch_size, seed=seed, on_epoch=on_epoch)
-
-        best = select_on_validation(method, fit, method.candidates(layer, grid), data, grid, target, "deterministic", seed=seed)
+    with intra_op_threads(1):
+        fit.train(batched=False)
+        best = fit.selection.chosen()
     seconds = time.perf_counter() - started
     settings = dict(best["params"])
     epochs = settings.pop("epochs")
-    params = next(p for p in method.candidates(layer, grid) if params_record(p) == settings)
+    params = next(p for p in fit.candidates if params_record(p) == settings)
 
     def refit_scores(train: TrainingData, scored: TrainingData) -> np.ndarray:
         with intra_op_threads(1), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return fit(params, epochs, None, train).scores(scored.x)
+            fit.method.prepare(fit.target, train, grid)
+            return fit.method.fit(fit.target, train, fit.context, params, epochs=epochs, batch_size=grid.batch_size,
+                                  seed=seed).scores(scored.x)
 
-    return {"scores": best["scores"], "data": data, "params": best["params"], "seconds": seconds, "refit_scores": refit_scores}
+    return {"scores": best["scores"], "data": fit.data, "inputs": proxy_inputs_of(fit.data, prepared.inputs(base)),
+            "params": best["params"], "seconds": seconds, "refit_scores": refit_scores}
 
 
 def cross_fitted_scores(model: dict[str, Any], seed: int) -> np.ndarray:
@@ -108,16 +107,18 @@ def cross_fitted_scores(model: dict[str, Any], seed: int) -> np.ndarray:
     return scores
 
 
-def fitting_data(model: dict[str, Any], fitted_on: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    data, scores = model["data"], model["scores"]
+def fitting_data(model: dict[str, Any], fitted_on: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scores, labels, groups and the model's inputs of the data a rule is fitted on."""
+    data, scores, inputs = model["data"], model["scores"], model["inputs"]
+    x = np.concatenate([inputs["train"], inputs["val"]])
     if fitted_on == "cross-fit":
         if "oof" not in model:
             model["oof"] = cross_fitted_scores(model, seed)
         y, s = (np.concatenate(pair) for pair in zip(arrays(data["train"]), arrays(data["val"])))
-        return model["oof"], y, s
+        return model["oof"], y, s, x
     names = fitted_on.split("+")
     return (np.concatenate([scores[n] for n in names]), np.concatenate([arrays(data[n])[0] for n in names]),
-            np.concatenate([arrays(data[n])[1] for n in names]))
+            np.concatenate([arrays(data[n])[1] for n in names]), np.concatenate([inputs[n] for n in names]))
 
 
 def rule_target(tolerance: float, aim: str, test_size: int) -> FairnessTarget:
@@ -131,12 +132,12 @@ def rule_target(tolerance: float, aim: str, test_size: int) -> FairnessTarget:
 def evaluate_variant(model: dict[str, Any], rule: str, fitted_on: str, aim: str, tolerance: float, seed: int) -> dict[str, float]:
     test = model["data"]["test"]
     y_test, s_test = arrays(test)
-    scores, y, s = fitting_data(model, fitted_on, seed)
+    scores, y, s, x = fitting_data(model, fitted_on, seed)
     target = rule_target(tolerance, aim, len(y_test))
     started = time.perf_counter()
-    fitted = fit_threshold_rule(scores, y, s, target, rule, seed=seed)
+    fitted = fit_threshold_rule(scores, y, s, target, rule, seed=seed, x=x)
     seconds = time.perf_counter() - started
-    metrics = evaluate(y_test, fitted.predict(model["scores"]["test"], s_test), s_test)
+    metrics = evaluate(y_test, predict_with_rule(fitted, model["scores"]["test"], s_test, model["inputs"]["test"]), s_test)
     return {**metrics, "rule_seconds": seconds, "fit_bound": fitted.fit_bound, "fit_err": fitted.fit_err}
 
 

@@ -308,18 +308,22 @@ class Selection:
                               val=val_metrics, y_pred=fitted.predict(test.x, test.s), trainable=fitted.trainable_params)
         self.seconds += time.perf_counter() - started
 
+    def chosen(self) -> dict[str, Any]:
+        """The candidate kept under a target before any decision rule: with ``constrained``, the lowest validation
+        Err among those meeting it (``met_on_val``), else as without the target; ``scores`` per split with a rule."""
+        kept = sorted(self._kept, key=lambda record: record["order"][1:])  # the order of one loop per candidate, whatever ran
+        if self.constrained:
+            index, met = select_under_target([record["val"] for record in kept], self.target)
+            return {**kept[index], "met_on_val": met}
+        return min(kept, key=lambda record: record["order"])  # trained without the target: selected as without it
+
     def best(self) -> dict[str, Any]:
         """``score, params`` (a dict), ``val`` (metrics), ``y_pred`` (test predictions), ``trainable``; with a
         target also ``met_on_val`` (and ``thresholds``)."""
         if self.target is None:
             return dict(self._best)
         started = time.perf_counter()
-        kept = sorted(self._kept, key=lambda record: record["order"][1:])  # the order of one loop per candidate, whatever ran
-        if self.constrained:
-            index, met = select_under_target([record["val"] for record in kept], self.target)
-            best = {**kept[index], "met_on_val": met}
-        else:  # trained without the target: selected as without it, then post-processed
-            best = min(kept, key=lambda record: record["order"])
+        best = self.chosen()
         if self.thresholds:  # the rules decide the predictions, and whether validation meets the target
             best = {**best, **apply_thresholds(best["scores"], self.data, self.target, self.thresholds, self.seed,
                                                self.proxy_inputs)}
