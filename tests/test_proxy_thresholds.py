@@ -137,3 +137,21 @@ def test_estimator_with_the_proxy_rule_predicts_without_sensitive_features():
     plain = FairFineTuner(model, method="tl", epochs=3).fit(X, y, sensitive_features=s).predict(X)
     assert evaluate(y, labels, s)["delta_eo"] < evaluate(y, plain, s)["delta_eo"]
     assert evaluate(y, labels, s)["delta_eo"] <= 0.1 + 0.06
+
+
+def test_a_rule_that_can_only_predict_no_positive_is_stated(caplog):
+    """ε below a new split's noise: the only rule meeting it is the constant one, and the run says so."""
+    caplog.set_level("WARNING", logger="fairtune")
+    rng = np.random.default_rng(3)
+
+    def split(n: int) -> TrainingData:
+        s = rng.integers(0, 2, n)
+        y = (rng.random(n) < 0.3).astype(np.int64)
+        x = np.column_stack([y + rng.normal(size=n), s + 0.3 * rng.normal(size=n)]).astype(np.float32)
+        return TrainingData.from_arrays(torch.from_numpy(x), y, s)
+
+    features = {name: split(300) for name in ("train", "val", "test")}
+    torch.manual_seed(0)
+    [_, result] = compare_on_features(torch.nn.Linear(2, 2), features, ["tl-eo-pthr:0.01"], FinetuneGrid(epochs=(1,)), seed=0)
+    assert result.row["delta_eo"] == 0.0
+    assert "tl-eo-pthr:0.01, seed 0: the only rule meeting delta_eo <= 0.01 with a new split's noise predicts no positive" in caplog.text

@@ -68,6 +68,8 @@ NOT_MET_ON_VAL = ("{method}, seed {seed}: no candidate met {metric} <= {toleranc
                   "(validation {metric} {gap:.3f}), flagged in selections.json")
 RULE_NOT_MET_ON_VAL = ("{method}, seed {seed}: its per-group rule (fitted on train+val for a new split) measures validation "
                        "{metric} {gap:.3f} > {tolerance:g}, flagged in selections.json")
+RULE_PREDICTS_NO_POSITIVE = ("{method}, seed {seed}: the only rule meeting {metric} <= {tolerance:g} with a new split's noise "
+                             "predicts no positive (a constant model); a larger tolerance, or more data, leaves room for one")
 NEEDS_INPUTS = (
     "method {method!r} updates the whole model and needs the model and its tabular inputs; "
     "use --retrain-scope last (FinetuneGrid(retrain_scope='last')) to fine-tune the target layer only"
@@ -495,6 +497,9 @@ class MethodFit:
                 message = RULE_NOT_MET_ON_VAL if self.spec.info.thresholds else NOT_MET_ON_VAL
                 logger.warning(message.format(method=spec, seed=self.seed, metric=fairness.metric,
                                               tolerance=fairness.tolerance, gap=best["val"][fairness.metric]))
+            if self.spec.info.thresholds and not np.any(best["y_pred"]):
+                logger.warning(RULE_PREDICTS_NO_POSITIVE.format(method=spec, seed=self.seed, metric=fairness.metric,
+                                                                tolerance=fairness.tolerance))
         predictions = None
         if self.keep_predictions:
             codes = test.s.cpu().numpy()
