@@ -155,3 +155,21 @@ def test_a_rule_that_can_only_predict_no_positive_is_stated(caplog):
     [_, result] = compare_on_features(torch.nn.Linear(2, 2), features, ["tl-eo-pthr:0.01"], FinetuneGrid(epochs=(1,)), seed=0)
     assert result.row["delta_eo"] == 0.0
     assert "tl-eo-pthr:0.01, seed 0: the only rule meeting delta_eo <= 0.01 with a new split's noise predicts no positive" in caplog.text
+
+
+def test_small_groups_still_get_a_rule_that_predicts_when_one_meets_the_bound():
+    """Few samples: the noise at the starting rates alone exceeds ε, yet rules with rates near 0 and 1 (little noise)
+    meet the "upper" bound; the rates-following noise finds one instead of the constant model."""
+    rng = np.random.default_rng(0)
+    n = 300
+    s = rng.integers(0, 2, n)
+    y = rng.integers(0, 2, n)
+    scores = np.clip(y + 0.25 * rng.normal(size=n), 0, 1)  # separable enough for TPR ≈ 1, FPR ≈ 0
+    x = np.column_stack([s + 0.3 * rng.normal(size=n), rng.normal(size=n)])
+    target = FairnessTarget("eo", 0.05, estimate="upper")
+    rule = fit_proxy_thresholds(scores, x, y, s, target, grid=30)
+    # the constant model has about 70 % Err here (weighted F1 of all-negative), which the fixed noise alone ends at
+    assert rule.fit_bound <= 0.05 and rule.fit_err < 5
+    probability = rule.rule.positive_probability(scores, rule.groups.cells(x))
+    gap, err = expected_gap_and_err(probability, y, s, target)
+    assert gap == pytest.approx(rule.fit_bound) and err == pytest.approx(rule.fit_err)

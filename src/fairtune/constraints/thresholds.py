@@ -349,8 +349,40 @@ def _difference(first: np.ndarray | None, second: np.ndarray | None) -> np.ndarr
     return -second if first is None else first - second
 
 
+@dataclass(frozen=True)
+class LinearNoise:
+    """The noise of a new split as a linear function of the rates, an upper bound exact at ``rates`` ``(G, R)``:
+    ``sd_r(R) ≤ sd_r + Σ_{i∈{g,h}} slopes[i,r]·(R[i,r] − rates[i,r])`` per pair (``sd`` as in :func:`noise_sd`).
+
+    Tangents of concave functions bound them from above: of the binomial variance R(1−R)/n, then of the
+    square root of their sum. A linear program that bounds ``|d| + sqrt(2/π)·sd`` with it (``"upper"``)
+    therefore bounds the true ``"upper"`` gap of its solution, whatever its rates.
+    """
+
+    rates: np.ndarray
+    sd: dict[tuple[int, int], np.ndarray]
+    slopes: np.ndarray
+
+    @classmethod
+    def at(cls, counts: RuleCounts, rates: np.ndarray, scale: float) -> LinearNoise:
+        sd = {pair: np.maximum(value, SD_FLOOR) for pair, value in noise_sd(counts, rates, scale).items()}
+        variance_slope = scale * (1 - 2 * rates) / np.maximum(counts.sizes, 1)  # d Var / dR, times the scale
+        return cls(rates, sd, variance_slope)
+
+    def coefficients(self, pair: tuple[int, int], r: int) -> tuple[float, float, float]:
+        """``(a, k_g, k_h)`` with ``sd_r ≤ a + k_g·R[g,r] + k_h·R[h,r]``."""
+        g, h = pair
+        sd = float(self.sd[pair][r])
+        k_g, k_h = self.slopes[g, r] / (2 * sd), self.slopes[h, r] / (2 * sd)
+        return sd - k_g * self.rates[g, r] - k_h * self.rates[h, r], float(k_g), float(k_h)
+
+
+#: The smallest noise a linearization divides by (rates at exactly 0 or 1 have none).
+SD_FLOOR = 1e-4
+
+
 def best_mixture(counts: RuleCounts, sd: dict[tuple[int, int], np.ndarray], tolerance: float,
-                 estimate: Estimate) -> list[np.ndarray] | None:
+                 estimate: Estimate, linear: LinearNoise | None = None) -> list[np.ndarray] | None:
     """Per-cell mixture weights with the least Err whose gap, bounded with the fixed noise ``sd``, is ≤ ``tolerance``.
 
     Variables: the weights λ_c ≥ 0 (Σ = 1) of each cell's candidates, the rate gaps
@@ -358,7 +390,8 @@ def best_mixture(counts: RuleCounts, sd: dict[tuple[int, int], np.ndarray], tole
     ``estimate`` bounds of ``d`` for each pair p = (g, h), with ``Σ_r t[p,r] ≤ tolerance``. For a budget b of false
     positives, the most true positives is then a linear program; Err, increasing in FP and
     decreasing in TP, is searched along b (``BUDGETS`` evenly spaced, then golden section around
-    the best). None if no program was feasible.
+    the best). None if no program was feasible. With ``linear`` (``estimate="upper"`` only) the noise
+    follows the rates (:class:`LinearNoise`) instead of ``sd``.
     """
     cells = counts.cells
     n_rates = counts.sizes.shape[1]
@@ -377,8 +410,19 @@ def best_mixture(counts: RuleCounts, sd: dict[tuple[int, int], np.ndarray], tole
                 first, second = (None if cell.rates[i] is None else cell.rates[i][:, r] for i in (g, h))
                 rates.update({offsets[c] + k: v for k, v in enumerate(_difference(first, second))})
         eq.add({**rates, column: -1.0}, 0.0)  # R[g,r] − R[h,r] − d = 0
-        for intercept, slope in zip(*chords(float(sd[g, h][r]), estimate)):
-            ub.add({column: slope, column + len(gaps): -1.0}, -intercept)  # slope·d − t ≤ −intercept
+        if linear is None:
+            for intercept, slope in zip(*chords(float(sd[g, h][r]), estimate)):
+                ub.add({column: slope, column + len(gaps): -1.0}, -intercept)  # slope·d − t ≤ −intercept
+            continue
+        constant, k_g, k_h = linear.coefficients((g, h), r)
+        noise: dict[int, float] = {}  # sqrt(2/π)·(k_g·R[g,r] + k_h·R[h,r]) on the weights
+        for group, k in ((g, k_g), (h, k_h)):
+            for c, cell in enumerate(cells):
+                if cell.rates[group] is not None:
+                    for j, v in enumerate(cell.rates[group][:, r]):
+                        noise[offsets[c] + j] = noise.get(offsets[c] + j, 0.0) + np.sqrt(2 / np.pi) * k * v
+        for sign in (1.0, -1.0):  # ±d + noise − t ≤ −sqrt(2/π)·constant
+            ub.add({**noise, column: sign, column + len(gaps): -1.0}, -np.sqrt(2 / np.pi) * constant)
     for pair in sd:
         ub.add({gap_at[pair, r] + len(gaps): 1.0 for r in range(n_rates)}, tolerance - SOLVER_MARGIN)
     fp, tp = np.concatenate([cell.fp for cell in cells]), np.concatenate([cell.tp for cell in cells])
@@ -459,7 +503,9 @@ def fit_randomized_thresholds(
 
     ``cells`` (codes ``0..C−1``, e.g. :class:`~fairtune.constraints.InferredGroups`): the rule decides
     by these instead of the groups, which the target still measures; it then starts from predicting
-    no positive (a gap of 0), with the noise held at the rates of the top ``mean(y)`` scores.
+    no positive (a gap of 0), with the noise held at the rates of the top ``mean(y)`` scores. Where
+    those rounds end short of ε with ``estimate="upper"`` (small groups, whose noise alone can exceed
+    ε at those rates), programs whose noise follows the rates (:class:`LinearNoise`) go on from there.
     """
     if cells is None:
         deterministic = fit_group_thresholds(scores, y, s, target, grid=grid)
@@ -471,7 +517,8 @@ def fit_randomized_thresholds(
         counts = cell_counts(scores, y, s, cells, target, grid)
         scores, y, s = _checked(scores, y, s, grid)
         best = [(cell.candidates == np.inf).astype(float) for cell in counts.cells]
-        sd = noise_sd(counts, _rates_above(scores, y, s, np.quantile(scores, 1 - y.mean()), target), target.noise_scale(len(scores)))
+        rates_start = _rates_above(scores, y, s, np.quantile(scores, 1 - y.mean()), target)
+        sd = noise_sd(counts, rates_start, target.noise_scale(len(scores)))
     sizes, scale, aim = counts.sizes, target.noise_scale(len(scores)), target.tolerance
     for _ in range(NOISE_ROUNDS if scale else 1):
         weights = best_mixture(counts, sd, aim, target.estimate)
@@ -485,6 +532,9 @@ def fit_randomized_thresholds(
             if bound > target.tolerance - AIM_PRECISION:
                 break
         aim += target.tolerance - AIM_PRECISION / 2 - bound
+    reached = gap_bound(mixture_rates(counts, best)[0], sizes, target, len(scores)) > target.tolerance - AIM_PRECISION
+    if cells is not None and scale and target.estimate == "upper" and not reached:  # the fixed noise fell short of ε
+        best = _refine_with_linear_noise(counts, best, rates_start, target, len(scores))
     rates = mixture_rates(counts, best)[0]
     cuts, probabilities = [], []
     for cell, weights in zip(counts.cells, best):
@@ -494,6 +544,28 @@ def fit_randomized_thresholds(
     gap = max(float(np.abs(rates[g] - rates[h]).sum()) for g, h in combinations(range(len(rates)), 2))
     return RandomizedThresholds(tuple(cuts), tuple(probabilities), target, gap, gap_bound(rates, sizes, target, len(scores)),
                                 mixture_err(counts, best), seed)
+
+
+#: Rounds of re-linearizing the noise at the last solution's rates.
+LINEAR_ROUNDS = 4
+
+
+def _refine_with_linear_noise(counts: RuleCounts, best: list[np.ndarray], start: np.ndarray, target: FairnessTarget,
+                              fit_size: int) -> list[np.ndarray]:
+    """Lower the Err of ``best`` by programs whose noise follows the rates (:class:`LinearNoise`), linearized at
+    ``best``'s rates (at ``start``'s while ``best`` predicts no positive), then at each solution's: every solution
+    meets the ``"upper"`` bound, which each round checks again, so the kept rule never misses it."""
+    scale = target.noise_scale(fit_size)
+    at = start if not any(w @ cell.tp + w @ cell.fp for cell, w in zip(counts.cells, best)) else mixture_rates(counts, best)[0]
+    for _ in range(LINEAR_ROUNDS):
+        noise = LinearNoise.at(counts, at, scale)
+        weights = best_mixture(counts, noise.sd, target.tolerance, target.estimate, linear=noise)
+        if weights is None:
+            break
+        at = mixture_rates(counts, weights)[0]
+        if gap_bound(at, counts.sizes, target, fit_size) <= target.tolerance and mixture_err(counts, weights) < mixture_err(counts, best):
+            best = weights
+    return best
 
 
 def _rates_above(scores: np.ndarray, y: np.ndarray, s: np.ndarray, threshold: float, target: FairnessTarget) -> np.ndarray:
