@@ -22,6 +22,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from ..errors import ConfigError
 from .targets import FairnessTarget
@@ -45,7 +46,8 @@ class InferredGroups:
 
     def cells(self, x: np.ndarray) -> np.ndarray:
         """Cell codes ``(n,)`` int64 of the rows of ``x`` ``(n, d)``."""
-        probability = self.model.predict_proba(_table(x))
+        with threadpool_limits(1):  # the same codes whatever the machine's cores (and no contention between units)
+            probability = self.model.predict_proba(_table(x))
         likely = probability.argmax(axis=1)
         out = likely * self.bins
         for g, edges in enumerate(self.edges):
@@ -64,8 +66,9 @@ def fit_inferred_groups(x: np.ndarray, s: np.ndarray, *, bins: int = PROXY_BINS)
     if bins < 1:
         raise ConfigError(f"the inferred groups need at least 1 bin, got {bins}")
     x, s = _table(x), np.asarray(s).ravel().astype(np.int64)
-    model = make_pipeline(StandardScaler(), LogisticRegression(solver="newton-cholesky", max_iter=100)).fit(x, s)
-    probability = model.predict_proba(x)
+    with threadpool_limits(1):  # one BLAS thread, as every unit's torch: the same fit on any machine, no contention
+        model = make_pipeline(StandardScaler(), LogisticRegression(solver="newton-cholesky", max_iter=100)).fit(x, s)
+        probability = model.predict_proba(x)
     likely = probability.argmax(axis=1)
     edges = tuple(np.quantile(probability[likely == g, g], np.linspace(0, 1, bins + 1)[1:-1]) if (likely == g).any()
                   else np.zeros(0) for g in range(probability.shape[1]))

@@ -249,7 +249,8 @@ def fit_group_thresholds(
 
 @dataclass(frozen=True)
 class RandomizedThresholds:
-    """Fitted randomized per-group rules: ``P(Ŷ=1 | score, g) = probabilities[g][j]``, j = number of ``cuts[g]`` ≤ score.
+    """Fitted randomized rules per group (or per cell, :mod:`~fairtune.constraints.proxy`): ``P(Ŷ=1 | score, g) =
+    probabilities[g][j]``, j = number of ``cuts[g]`` ≤ score.
 
     Per group a nondecreasing step function of the score, from 0 below the lowest cut: a mixture
     of the thresholds ``cuts[g]`` (``probabilities[g][j+1] − probabilities[g][j]`` is the weight
