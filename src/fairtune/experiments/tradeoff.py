@@ -2,7 +2,7 @@
 
 For each tolerance ε of a constraint (``eo`` or ``dp``), every method of :data:`METHODS` runs on
 every seed as a unit of the engine (:mod:`fairtune.experiments.engine`): fairtune's targets
-(``tl-eo:ε``, ``win-eo:ε`` and their ``-thr`` and ``-rthr`` forms), the tolerance peers (``errorparity-eo:ε``,
+(``tl-eo:ε``, ``win-eo:ε`` and their ``-pthr``, ``-thr`` and ``-rthr`` forms), the tolerance peers (``errorparity-eo:ε``,
 ``fairret-eo:ε``), fairlearn's ThresholdOptimizer and ExponentiatedGradient, and TL and WIN
 without a target. Methods without ε run once per seed and appear in every ε's table.
 
@@ -37,7 +37,7 @@ WITH_S, WITHOUT_S = "s at prediction", "no s at prediction"
 GAP_NAMES: dict[str, str] = {"eo": "ΔEO", "dp": "ΔDP"}
 #: The study's methods; ``{c}`` is the constraint and ``{e}`` the tolerance ε.
 METHODS: tuple[str, ...] = (
-    "tl", "win", "tl-{c}:{e}", "win-{c}:{e}", "fairret-{c}:{e}", "fairlearn-eg-{c}",
+    "tl", "win", "tl-{c}:{e}", "win-{c}:{e}", "fairret-{c}:{e}", "fairlearn-eg-{c}", "tl-{c}-pthr:{e}", "win-{c}-pthr:{e}",
     "tl-{c}-thr:{e}", "win-{c}-thr:{e}", "tl-{c}-rthr:{e}", "win-{c}-rthr:{e}", "errorparity-{c}:{e}", "fairlearn-to-{c}",
 )
 #: The peer each setting is judged against.
