@@ -138,23 +138,23 @@ def test_heads_of_many_classes_equal_train_classifier() -> None:
         assert_same_parameters(a, b)
 
 
-@pytest.mark.parametrize("rows", [256, 255, 7])
-def test_class_major_cross_entropy_gradient_equals_autograd(rows: int) -> None:
+@pytest.mark.parametrize(("rows", "classes"), [(256, 2), (255, 2), (7, 2), (255, 3)])
+def test_class_major_cross_entropy_gradient_equals_autograd(rows: int, classes: int) -> None:
     """The gradient of each candidate's mean cross-entropy, from class-major kernels, is autograd's bit for bit:
     logits of every scale, ties, and a column count that is no multiple of the SIMD width."""
     from fairtune.batched import _Group, _Workspace, group_candidates
 
     generator = torch.Generator().manual_seed(rows)
-    heads = [nn.Linear(3, 2) for _ in range(40)]
+    heads = [nn.Linear(3, classes) for _ in range(40)]
     sets = [CandidateSet(heads, [0.1] * len(heads), generated_data(rows, 3, seed=0), 0)]
     groups = [_Group.of(sets, members) for members in group_candidates(sets)]
-    workspace = _Workspace(groups, rows, 2)
+    workspace = _Workspace(groups, rows, classes)
     assert workspace.class_major
     (logits,) = workspace.logits
     for scale in (1e-3, 1.0, 8.0, 60.0):
         logits.copy_(torch.randn(logits.shape, generator=generator) * scale)
         logits[:, ::5, 1] = logits[:, ::5, 0]
-        targets = torch.randint(0, 2, logits.shape[:2], generator=generator)
+        targets = torch.randint(0, classes, logits.shape[:2], generator=generator)
         workspace.cross_entropy_grad(targets)
         for k in range(len(heads)):
             one = logits[k].clone().requires_grad_(True)

@@ -44,6 +44,8 @@ methods with a penalty (Retrain) or weight decay stay on ``train_classifier``.
 from __future__ import annotations
 
 import enum
+import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -138,7 +140,7 @@ def _item_floats(numel: int, apart: bool) -> int:
 
 def _layout_floats(layout: Layout) -> int:
     (count, *item), apart = layout
-    return count * _item_floats(int(np.prod(item)), apart)
+    return count * _item_floats(math.prod(item), apart)
 
 
 def _aligned_views(buffer: Tensor, layouts: Sequence[Layout]) -> list[Tensor]:
@@ -149,7 +151,8 @@ def _aligned_views(buffer: Tensor, layouts: Sequence[Layout]) -> list[Tensor]:
     """
     views, offset = [], 0
     for (count, *item), apart in layouts:
-        numel, step = int(np.prod(item)), _item_floats(int(np.prod(item)), apart)
+        numel = math.prod(item)
+        step = _item_floats(numel, apart)
         views.append(buffer[offset:offset + count * step].view(count, step)[:, :numel].view(count, *item))
         offset += count * step
     return views
@@ -294,14 +297,19 @@ class _Group:
         """Every stacked parameter, and whether its items lie apart."""
         return [(p, layer.apart) for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
 
-    def inputs(self, per_set: Sequence[Tensor]) -> list[tuple[slice, Tensor]]:
-        """Blocks of candidates and their sets' batches ``per_set[i]`` ``(b, d)``, expanded over them (views, not copies)."""
+    @functools.cached_property
+    def set_blocks(self) -> list[tuple[slice, int]]:
+        """The candidates of each set: consecutive, as ``members`` lists them."""
         sets, blocks, start = self.sets.tolist(), [], 0
         for end in range(1, len(sets) + 1):
             if end == len(sets) or sets[end] != sets[start]:
-                blocks.append((slice(start, end), per_set[sets[start]].expand(end - start, -1, -1)))
+                blocks.append((slice(start, end), sets[start]))
                 start = end
         return blocks
+
+    def inputs(self, per_set: Sequence[Tensor]) -> list[tuple[slice, Tensor]]:
+        """Blocks of candidates and their sets' batches ``per_set[i]`` ``(b, d)``, expanded over them (views, not copies)."""
+        return [(candidates, per_set[i].expand(candidates.stop - candidates.start, -1, -1)) for candidates, i in self.set_blocks]
 
     def forward(self, per_set: Sequence[Tensor], out: Tensor) -> list[Inputs]:
         """Logits on the sets' batches ``per_set[i]`` ``(b, d)`` into ``out`` ``(K, b, k)``; returns each layer's input."""
