@@ -232,7 +232,7 @@ class _Layer:
         """
         out = self.output(rows) if out is None else out
         for candidates, x in _blocks(h):
-            if self.mode(rows, len(x)) is _Mode.LOOP:
+            if self.mode(rows, x.shape[0]) is _Mode.LOOP:
                 for k, item in zip(range(len(self.weights))[candidates], x.unbind(0)):
                     if self.biases is None:
                         torch.mm(item, self.transposed[k], out=out[k])
@@ -258,7 +258,7 @@ class _Layer:
         if self.bias is not None:
             torch.sum(grad if isinstance(grad, Tensor) else torch.stack(grad), 1, out=self.bias_grad)
         for candidates, x in _blocks(h):
-            if self.mode(rows, len(x)) is _Mode.LOOP:
+            if self.mode(rows, x.shape[0]) is _Mode.LOOP:
                 for k, item in zip(range(len(self.weights))[candidates], x.unbind(0)):
                     torch.mm(grad[k].t(), item, out=self.weight_grads[k])
             else:
@@ -313,7 +313,7 @@ class _Group:
 
     def forward(self, per_set: Sequence[Tensor], out: Tensor) -> list[Inputs]:
         """Logits on the sets' batches ``per_set[i]`` ``(b, d)`` into ``out`` ``(K, b, k)``; returns each layer's input."""
-        rows = len(per_set[0])
+        rows = per_set[0].shape[0]
         h: Inputs = self.inputs(per_set)
         kept = []
         for position, layer in enumerate(self.layers):
@@ -363,17 +363,20 @@ class _FlatAdam:
                 has_bias = layer.bias is not None
                 layer.bind(next(param_views), next(param_views) if has_bias else None, next(grad_views), next(grad_views) if has_bias else None)
         self.steps = 0
+        # the step's temporaries, allocated once
+        self.step_size64, self.step_size = torch.empty_like(self.neg_lrs), torch.empty_like(self.flat)
+        self.denom, self.update = torch.empty_like(self.flat), torch.empty_like(self.flat)
 
     def step(self) -> None:
         """One step with the gradients the layers wrote into ``self.grad``."""
         self.steps += 1
         bias_correction1 = 1 - BETA1**self.steps
         bias_correction2_sqrt = (1 - BETA2**self.steps) ** 0.5
-        neg_step_size = (self.neg_lrs / bias_correction1).float()
+        self.step_size.copy_(torch.div(self.neg_lrs, bias_correction1, out=self.step_size64))  # -lr / (1 - β1^t), then float32
         self.exp_avg.lerp_(self.grad, 1 - BETA1)
         self.exp_avg_sq.mul_(BETA2).addcmul_(self.grad, self.grad, value=1 - BETA2)
-        denom = (self.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(EPS)
-        self.flat.add_(neg_step_size * self.exp_avg / denom)
+        torch.sqrt(self.exp_avg_sq, out=self.denom).div_(bias_correction2_sqrt).add_(EPS)
+        self.flat.add_(torch.mul(self.step_size, self.exp_avg, out=self.update).div_(self.denom))
 
 
 #: Up to this many classes, ``log_softmax`` over the classes of class-major logits gives what it gives over the
