@@ -430,6 +430,7 @@ class _Workspace:
             out.copy_(block.view(-1, *out.shape[:2]).permute(1, 2, 0))
 
     def _row_major_grad(self, targets: Tensor) -> None:
+        """:meth:`cross_entropy_grad` over the last axis of row-major logits, for many classes."""
         flat = torch.cat([logits.reshape(-1, logits.shape[-1]) for logits in self.logits])
         log_probs = torch._log_softmax(flat, 1, False)
         nll_grad = torch.ops.aten.nll_loss_backward(self.nll_grad_output, log_probs, targets.reshape(-1), None, 0, -100, torch.ones(()))
