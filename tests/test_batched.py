@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fairtune.batched import CandidateSet, predict_candidates, train_candidate_sets, train_candidates
 from fairtune.config import DataConfig, FinetuneGrid, PretrainConfig
@@ -106,6 +107,59 @@ def test_predict_candidates_equals_predict() -> None:
     labels = predict_candidates(heads, x, batch_size=40)
     assert labels.shape == (len(heads), 101)
     assert np.array_equal(labels, np.stack([predict(head, x) for head in heads]))
+
+
+def test_a_lone_rank_one_candidate_of_a_seed_equals_its_serial_loop() -> None:
+    """Rank-1 layers run item by item inside ``bmm`` for a block of candidates, from Python for a seed's only one."""
+    sets, expected = [], []
+    for seed, count in ((0, 1), (1, 3)):
+        train = generated_data(300, 32, seed=20 + seed)
+        torch.manual_seed(seed)
+        layer = nn.Linear(32, 2)
+        heads = [FactorizedLinear.from_linear(layer, 1, torch.rand(32) + 0.5) for _ in range(count)]
+        lrs = [1e-2, 1e-3, 3e-3][:count]
+        expected.append(serial(heads, lrs, train, seed=seed, epochs=2, checkpoints=set(), batch_size=256)[0])
+        sets.append(CandidateSet([copy.deepcopy(h) for h in heads], lrs, train, seed))
+    for want, got in zip(expected, train_candidate_sets(sets, epochs=2, batch_size=256)):
+        for a, b in zip(want, got):
+            assert_same_parameters(a, b)
+
+
+def test_heads_of_many_classes_equal_train_classifier() -> None:
+    """More classes than :data:`CLASS_MAJOR_CLASSES`: the cross-entropy runs on row-major logits."""
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(150, 12, generator=generator)
+    train = TrainingData(x, torch.randint(0, 5, (150,), generator=generator), torch.zeros(150, dtype=torch.long))
+    torch.manual_seed(6)
+    layer = nn.Linear(12, 5)
+    heads, lrs = [layer, FactorizedLinear.from_linear(layer, 2)], [1e-2, 1e-2]
+    expected, _ = serial(heads, lrs, train, seed=2, epochs=2, checkpoints=set(), batch_size=32)
+    for a, b in zip(expected, train_candidates([copy.deepcopy(h) for h in heads], lrs, train, epochs=2, batch_size=32, seed=2)):
+        assert_same_parameters(a, b)
+
+
+@pytest.mark.parametrize(("rows", "classes"), [(256, 2), (255, 2), (7, 2), (255, 3)])
+def test_class_major_cross_entropy_gradient_equals_autograd(rows: int, classes: int) -> None:
+    """The gradient of each candidate's mean cross-entropy, from class-major kernels, is autograd's bit for bit:
+    logits of every scale, ties, and a column count that is no multiple of the SIMD width."""
+    from fairtune.batched import _Group, _Workspace, group_candidates
+
+    generator = torch.Generator().manual_seed(rows)
+    heads = [nn.Linear(3, classes) for _ in range(40)]
+    sets = [CandidateSet(heads, [0.1] * len(heads), generated_data(rows, 3, seed=0), 0)]
+    groups = [_Group.of(sets, members) for members in group_candidates(sets)]
+    workspace = _Workspace(groups, rows, classes)
+    assert workspace.class_major
+    (logits,) = workspace.logits
+    for scale in (1e-3, 1.0, 8.0, 60.0):
+        logits.copy_(torch.randn(logits.shape, generator=generator) * scale)
+        logits[:, ::5, 1] = logits[:, ::5, 0]
+        targets = torch.randint(0, classes, logits.shape[:2], generator=generator)
+        workspace.cross_entropy_grad(targets)
+        for k in range(len(heads)):
+            one = logits[k].clone().requires_grad_(True)
+            F.cross_entropy(one, targets[k]).backward()
+            assert torch.equal(workspace.grads[0][k], one.grad), (scale, k)
 
 
 def test_refuses_what_it_cannot_batch() -> None:
@@ -209,10 +263,10 @@ def test_alignment_padding_stays_zero() -> None:
     sets = [CandidateSet(heads, lrs, train, 0)]
     groups = [_Group.of(sets, members) for members in group_candidates(sets)]
     optimizer = _FlatAdam(groups)
-    params = [p for group in groups for p in group.params]
-    assert all(q.data_ptr() % 64 == 0 for p in params for q in p.unbind(0))
+    params = [param for group in groups for param in group.params]
+    assert all(q.data_ptr() % 64 == 0 for p, _ in params for q in p.unbind(0))
     marker = torch.zeros_like(optimizer.flat)
-    for view in _aligned_views(marker, [tuple(p.shape) for p in params]):
+    for view in _aligned_views(marker, [(tuple(p.shape), apart) for p, apart in params]):
         view.fill_(1)
     used = marker.bool()
     assert not used.all()

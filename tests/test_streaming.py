@@ -16,7 +16,7 @@ from fairtune._validation import binary_labels
 from fairtune.config import DataConfig, FinetuneGrid, PretrainConfig, SplitConfig
 from fairtune.data import load_adult_frame, load_task, split_indices
 from fairtune.data.adult import ADULT_SPLIT
-from fairtune.data.tabular import TableEncoder, group_split, read_csv
+from fairtune.data.tabular import TableEncoder, factorize, group_split, read_csv
 from fairtune.errors import DataError
 from fairtune.experiments.engine import Environment, Unit, compare_on_features, execute, new_task_splits, prepare
 from fairtune.models import MLP, extract_features
@@ -62,6 +62,33 @@ def test_any_chunk_size_gives_the_one_shot_encoding(chunk_rows: int) -> None:
     encoded = TableEncoder(frame.iloc[fit_rows]).encode(frame, rows, chunk_rows=chunk_rows)
     assert encoded.dtype == np.float32 and encoded.shape == (901, 3 + 3 + 3 + 2)
     assert encoded.tobytes() == one_shot(frame, fit_rows, rows)[0].tobytes()
+
+
+def test_factorized_codes_give_the_same_encoding() -> None:
+    """Codes of the whole frame (what a prepared table keeps for every seed) encode as the rows' values do,
+    unseen categories and a boolean column included."""
+    frame = generated_frame(900, groups=("a", "b", "c")).drop(columns=["label"])
+    frame["flag"] = frame["x3"] > 0
+    frame.loc[::7, "color"] = "purple"  # never in the rows the encoder is fitted on
+    fit_rows = np.flatnonzero(frame["color"] != "purple")[::2]
+    encoder = TableEncoder(frame.iloc[fit_rows])
+    codes = factorize(frame, encoder.categorical)
+    rows = np.random.default_rng(3).permutation(900)[:700]
+    encoded = encoder.encode(frame, rows, chunk_rows=64, codes=codes)
+    assert encoded.tobytes() == encoder.encode(frame, rows, chunk_rows=64).tobytes() == one_shot(frame, fit_rows, rows)[0].tobytes()
+
+
+def test_adult_tasks_of_the_shared_table_equal_tasks_of_the_frame() -> None:
+    """adult_task prepares Adult's rows once per process; each seed's task is the one tabular_task builds from the frame."""
+    from fairtune.data import adult_task, tabular_task
+
+    for seed in (0, 3):
+        shared = adult_task(seed=seed, stratify=True)
+        alone = tabular_task(load_adult_frame(), target="income", sensitive="sex", positive=">50K", split=ADULT_SPLIT, seed=seed,
+                             stratify=True, name="adult", source="Adult")
+        assert shared.fingerprint == alone.fingerprint and shared.feature_names == alone.feature_names
+        for a, b in zip(shared.splits().values(), alone.splits().values()):
+            assert torch.equal(a.inputs, b.inputs) and np.array_equal(a.y, b.y) and np.array_equal(a.s, b.s)
 
 
 def test_unseen_categories_encode_as_zeros_and_tables_without_numbers_work() -> None:

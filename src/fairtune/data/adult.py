@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..config import ADULT_SIZES, SplitConfig
 from ._types import Task
-from .tabular import tabular_task
+from .tabular import Table, prepare_table, table_task
 
 COLUMNS = (
     "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
@@ -39,6 +39,13 @@ def load_adult_frame() -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+@lru_cache(maxsize=4)
+def adult_table(keep_sensitive: bool = False, min_group_size: int | None = None) -> Table:
+    """Adult's rows prepared once per process for every seed's split (:func:`~fairtune.data.tabular.prepare_table`)."""
+    return prepare_table(load_adult_frame(), target="income", sensitive="sex", positive=">50K", keep_sensitive=keep_sensitive,
+                         min_group_size=min_group_size, source="Adult")
+
+
 def adult_task(
     *, seed: int = 0, split: SplitConfig | None = None, keep_sensitive: bool = False, source_balance: str = "none",
     stratify: bool = False, min_group_size: int | None = None,
@@ -49,9 +56,5 @@ def adult_task(
     pre-train the model (``docs/method.md``: the paper's text says 60/40, its Table 1 says 39/61). The split is
     random, not stratified, by default: the committed results and Table 1's protocol use it.
     """
-    return tabular_task(
-        load_adult_frame(), target="income", sensitive="sex", positive=">50K",
-        split=split or ADULT_SPLIT, seed=seed, keep_sensitive=keep_sensitive, source_balance=source_balance,
-        stratify=stratify, min_group_size=min_group_size,
-        name="adult", source="Adult",
-    )
+    return table_task(adult_table(keep_sensitive, min_group_size), split=split or ADULT_SPLIT, seed=seed,
+                      source_balance=source_balance, stratify=stratify, name="adult")

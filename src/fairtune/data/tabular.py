@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -140,26 +141,38 @@ def check_strata(
             raise DataError(errors.TOO_MANY_STRATA.format(where=where, size=size, strata=table.size))
 
 
-def group_split(
-    y: np.ndarray, groups: pd.Series, split: SplitConfig, seed: int, *,
-    stratify: bool, min_group_size: int | None, column: str, label: str,
-) -> tuple[np.ndarray, tuple[str, ...], dict[str, np.ndarray]]:
-    """Group codes, group names and the split of the rows, merging small groups first if asked.
-
-    ``label`` names the positive label in messages (``income=>50K``).
-    """
+def sensitive_groups(groups: pd.Series, *, min_group_size: int | None, column: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Group codes and names, merging the groups smaller than ``min_group_size`` first if asked (logged)."""
     if min_group_size is not None:
         groups, notice = merge_small_groups(groups, min_group_size, column=column)
         if notice:
             logger.warning(notice)
-    s, group_names = group_codes(groups, name=column)
+    return group_codes(groups, name=column)
+
+
+def split_rows(
+    y: np.ndarray, s: np.ndarray, group_names: tuple[str, ...], split: SplitConfig, seed: int, *, stratify: bool, column: str, label: str,
+) -> dict[str, np.ndarray]:
+    """The split of the rows, stratified by (group, label) if asked (each of which must then have a row per split).
+
+    ``label`` names the positive label in messages (``income=>50K``).
+    """
     if stratify:
         try:
             counts = split.counts(len(y))
         except ValueError as exc:
             raise DataError(str(exc)) from exc
         check_strata(y, s, group_names, counts, column=column, label=label)
-    return s, group_names, split_indices(len(y), split, seed, strata=2 * s + y if stratify else None)
+    return split_indices(len(y), split, seed, strata=2 * s + y if stratify else None)
+
+
+def group_split(
+    y: np.ndarray, groups: pd.Series, split: SplitConfig, seed: int, *,
+    stratify: bool, min_group_size: int | None, column: str, label: str,
+) -> tuple[np.ndarray, tuple[str, ...], dict[str, np.ndarray]]:
+    """Group codes, group names and the split of the rows, merging small groups first if asked."""
+    s, group_names = sensitive_groups(groups, min_group_size=min_group_size, column=column)
+    return s, group_names, split_rows(y, s, group_names, split, seed, stratify=stratify, column=column, label=label)
 
 
 def balance_source(rows: np.ndarray, y: np.ndarray, s: np.ndarray, how: str, seed: int) -> np.ndarray:
@@ -192,6 +205,20 @@ def balance_source(rows: np.ndarray, y: np.ndarray, s: np.ndarray, how: str, see
     return np.sort(np.concatenate(keep))
 
 
+#: Categorical column -> (each row's code, the distinct values the codes index).
+Codes = dict[str, tuple[np.ndarray, pd.Index]]
+
+
+def factorize(frame: pd.DataFrame, columns: list[str]) -> Codes:
+    """The columns as codes, for :meth:`TableEncoder.encode` to match each distinct value with the categories, not each row."""
+    return {column: pd.factorize(frame[column], use_na_sentinel=False) for column in columns}
+
+
+def categorical_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns one-hot encoded: all but the numeric ones (booleans are categories)."""
+    return [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])]
+
+
 class TableEncoder:
     """Standard scaling of the numeric columns, then one-hot encoding of the others, fitted on one
     frame (the source split) and written as float32 for rows of another, a chunk of rows at a time.
@@ -201,36 +228,51 @@ class TableEncoder:
     it fits (two float64 copies of the encoded source split, 0.65 GB at 1M rows), and its
     ``transform`` stacks the float64 output of each transformer into another copy before the
     float32 one. Here each transformer is fitted on its own columns, and :meth:`encode` writes
-    its output for each chunk straight into its columns of one float32 array.
+    its output for each chunk straight into its columns of one float32 array. The one-hot columns are
+    written from the position of each row's value among OneHotEncoder's fitted categories (a
+    value it did not see: all zeros, as ``handle_unknown="ignore"``) instead of its transform, which
+    validates and matches every row again; a prepared table matches each distinct value once.
     """
 
     def __init__(self, frame: pd.DataFrame) -> None:
-        numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])]
-        categorical = [c for c in frame.columns if c not in numeric]
-        transformers = ((numeric, StandardScaler()), (categorical, OneHotEncoder(handle_unknown="ignore", sparse_output=False)))
-        self.parts = [(columns, transformer.fit(frame[columns])) for columns, transformer in transformers if columns]
+        self.categorical = categorical_columns(frame)
+        self.numeric = [c for c in frame.columns if c not in self.categorical]
+        self.scaler = StandardScaler().fit(frame[self.numeric]) if self.numeric else None
+        self.one_hot = OneHotEncoder(handle_unknown="ignore", sparse_output=False).fit(frame[self.categorical]) if self.categorical else None
         self.feature_names = tuple(
-            str(name) for columns, transformer in self.parts for name in transformer.get_feature_names_out([str(c) for c in columns])
+            str(name) for columns, transformer in ((self.numeric, self.scaler), (self.categorical, self.one_hot)) if columns
+            for name in transformer.get_feature_names_out([str(c) for c in columns])
         )
         check_unique_columns(list(self.feature_names), source="the encoded table (a column is named like a category's one-hot column)")
 
-    def encode(self, frame: pd.DataFrame, rows: np.ndarray, *, chunk_rows: int = ENCODE_CHUNK_ROWS) -> np.ndarray:
+    def encode(self, frame: pd.DataFrame, rows: np.ndarray, *, chunk_rows: int = ENCODE_CHUNK_ROWS, codes: Codes | None = None) -> np.ndarray:
         """The encoded ``frame.iloc[rows]``, ``(len(rows), len(feature_names))`` float32; non-finite entries refused.
 
         Scaling and one-hot encoding treat each row on its own, so any ``chunk_rows`` gives the
-        same values; it bounds the float64 blocks that exist at once.
+        same values; it bounds the float64 blocks that exist at once. ``codes``: ``frame``'s
+        categorical columns factorized (:func:`factorize`), where one frame is encoded many times.
         """
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        numeric = frame.columns.get_indexer(self.numeric)
+        categories = self.one_hot.categories_ if self.one_hot else []
+        offsets = np.cumsum([len(self.numeric), *(len(c) for c in categories)])
+        one_hot = [(column, pd.Index(c), offset) for column, c, offset in zip(self.categorical, categories, offsets)]
         out = np.empty((len(rows), len(self.feature_names)), np.float32)
         bad = np.zeros(len(self.feature_names), np.int64)
         for start in range(0, len(rows), chunk_rows):
-            chunk, block = frame.iloc[rows[start:start + chunk_rows]], out[start:start + chunk_rows]
-            first = 0
-            for columns, transformer in self.parts:
-                encoded = transformer.transform(chunk[columns])
-                block[:, first:first + encoded.shape[1]] = encoded
-                first += encoded.shape[1]
+            chunk, block = rows[start:start + chunk_rows], out[start:start + chunk_rows]
+            if self.scaler is not None:
+                block[:, :len(self.numeric)] = self.scaler.transform(frame.iloc[chunk, numeric])
+            block[:, len(self.numeric):] = 0
+            for column, index, offset in one_hot:  # position -1: a category the fit did not see
+                if codes is None:
+                    position = index.get_indexer(frame[column].iloc[chunk])
+                else:
+                    row_codes, values = codes[column]
+                    position = index.get_indexer(values)[row_codes[chunk]]
+                known = np.flatnonzero(position >= 0)
+                block[known, offset + position[known]] = 1
             bad += nonfinite_per_column(block)
         check_finite_counts(bad, columns=self.feature_names)
         return out
@@ -243,37 +285,36 @@ def _fingerprint(*parts: object) -> str:
     return digest.hexdigest()[:16]
 
 
-def tabular_task(
+@dataclass(frozen=True)
+class Table:
+    """A frame checked and prepared once for every split of it: feature columns (categories factorized), labels,
+    groups, the data's hash, and what the task's fingerprint names."""
+
+    features: pd.DataFrame
+    codes: Codes  # of the categorical features
+    y: np.ndarray
+    s: np.ndarray
+    group_names: tuple[str, ...]
+    data_hash: str
+    target: str
+    sensitive: str
+    positive: object | None
+    keep_sensitive: bool
+    min_group_size: int | None
+
+
+def prepare_table(
     frame: pd.DataFrame,
     *,
     target: str,
     sensitive: str,
     positive: object | None = None,
-    split: SplitConfig | None = None,
-    seed: int = 0,
     keep_sensitive: bool = False,
     drop_missing: bool = False,
-    source_balance: str = "none",
-    stratify: bool = True,
     min_group_size: int | None = None,
-    name: str = "csv",
     source: str = "the data",
-) -> Task:
-    """Build a :class:`Task` from a DataFrame.
-
-    Parameters
-    ----------
-    frame : one row per sample.
-    target, sensitive : column names of the label and of the sensitive attribute.
-    positive : label value counted as 1; without it the label must be 0/1-like.
-    split : new-task sizes (the rest pre-trains the model); default: Adult's proportions.
-    seed : seed of the random split.
-    keep_sensitive : keep the sensitive column among the model's features.
-    drop_missing : drop rows with missing values instead of failing (infinite numbers count as missing).
-    source_balance : subsample the pre-training split, see :func:`balance_source`.
-    stratify : split by (group, label), so that every group appears with both labels in every split.
-    min_group_size : merge the groups with fewer rows into one group ``"other"`` (logged as a warning).
-    """
+) -> Table:
+    """Check ``frame`` and prepare what every seed's split of it shares (see :func:`tabular_task` for the parameters)."""
     check_unique_columns([str(c) for c in frame.columns], source=source)
     for column in (target, sensitive):
         if column not in frame.columns:
@@ -301,31 +342,79 @@ def tabular_task(
         logger.info("dropped %d rows with missing values", int(missing.any(axis=1).sum()))
     frame = frame.reset_index(drop=True)
     y = binary_labels(frame[target], name=target, positive=positive)
-    split = split or SplitConfig()
-    s, group_names, parts = group_split(
-        y, frame[sensitive], split, seed, stratify=stratify, min_group_size=min_group_size,
-        column=sensitive, label=f"{target}={positive if positive is not None else 1}",
-    )
-    parts["source"] = balance_source(parts["source"], y, s, source_balance, seed)
-
+    s, group_names = sensitive_groups(frame[sensitive], min_group_size=min_group_size, column=sensitive)
     features = frame[feature_columns]
-    encoder = TableEncoder(features.iloc[parts["source"]])
+    return Table(
+        features=features, codes=factorize(features, categorical_columns(features)), y=y, s=s, group_names=group_names,
+        data_hash=hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest(),
+        target=target, sensitive=sensitive, positive=positive, keep_sensitive=keep_sensitive, min_group_size=min_group_size,
+    )
+
+
+def table_task(
+    table: Table, *, split: SplitConfig | None = None, seed: int = 0, source_balance: str = "none", stratify: bool = True, name: str = "csv",
+) -> Task:
+    """One seed's :class:`Task` of a prepared table: split, source subsampled, preprocessing fitted on the source
+    split and applied to every split (see :func:`tabular_task`)."""
+    split = split or SplitConfig()
+    y, s, group_names = table.y, table.s, table.group_names
+    parts = split_rows(y, s, group_names, split, seed, stratify=stratify, column=table.sensitive,
+                       label=f"{table.target}={table.positive if table.positive is not None else 1}")
+    parts["source"] = balance_source(parts["source"], y, s, source_balance, seed)
+    encoder = TableEncoder(table.features.iloc[parts["source"]])
 
     def make(rows: np.ndarray, where: str) -> Split:
         check_groups_present(s[rows], len(group_names), where=where, names=group_names)
-        return Split(torch.from_numpy(encoder.encode(features, rows)), y[rows], s[rows])
+        return Split(torch.from_numpy(encoder.encode(table.features, rows, codes=table.codes)), y[rows], s[rows])
 
-    data_hash = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
+    min_group_size = table.min_group_size
     split_id = (stratify, min_group_size) if stratify or min_group_size is not None else ()  # () keeps older cache keys valid
     return Task(
         name=name,
         **{where: make(rows, where) for where, rows in parts.items()},
         group_names=group_names,
-        label_name=target,
-        sensitive_name=sensitive,
-        fingerprint=_fingerprint(name, data_hash, split.model_dump(), seed, keep_sensitive, positive, target, sensitive, source_balance, *split_id),
+        label_name=table.target,
+        sensitive_name=table.sensitive,
+        fingerprint=_fingerprint(name, table.data_hash, split.model_dump(), seed, table.keep_sensitive, table.positive, table.target,
+                                 table.sensitive, source_balance, *split_id),
         feature_names=encoder.feature_names,
     )
+
+
+def tabular_task(
+    frame: pd.DataFrame,
+    *,
+    target: str,
+    sensitive: str,
+    positive: object | None = None,
+    split: SplitConfig | None = None,
+    seed: int = 0,
+    keep_sensitive: bool = False,
+    drop_missing: bool = False,
+    source_balance: str = "none",
+    stratify: bool = True,
+    min_group_size: int | None = None,
+    name: str = "csv",
+    source: str = "the data",
+) -> Task:
+    """Build a :class:`Task` from a DataFrame: :func:`prepare_table`, then :func:`table_task`.
+
+    Parameters
+    ----------
+    frame : one row per sample.
+    target, sensitive : column names of the label and of the sensitive attribute.
+    positive : label value counted as 1; without it the label must be 0/1-like.
+    split : new-task sizes (the rest pre-trains the model); default: Adult's proportions.
+    seed : seed of the random split.
+    keep_sensitive : keep the sensitive column among the model's features.
+    drop_missing : drop rows with missing values instead of failing (infinite numbers count as missing).
+    source_balance : subsample the pre-training split, see :func:`balance_source`.
+    stratify : split by (group, label), so that every group appears with both labels in every split.
+    min_group_size : merge the groups with fewer rows into one group ``"other"`` (logged as a warning).
+    """
+    table = prepare_table(frame, target=target, sensitive=sensitive, positive=positive, keep_sensitive=keep_sensitive,
+                          drop_missing=drop_missing, min_group_size=min_group_size, source=source)
+    return table_task(table, split=split, seed=seed, source_balance=source_balance, stratify=stratify, name=name)
 
 
 def csv_task(path: str | Path, *, target: str, sensitive: str, **kwargs: object) -> Task:
