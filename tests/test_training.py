@@ -99,3 +99,47 @@ def test_predict_is_the_argmax_of_two_logits() -> None:
     np.testing.assert_array_equal(predict(model, x), logits.argmax(dim=1).numpy())
     # batched prediction equals one pass
     np.testing.assert_allclose(predict_proba(model, x, batch_size=7), predict_proba(model, x), rtol=1e-6)
+
+
+def _torch_adam_reference(module: nn.Module, data: TrainingData, *, epochs: int, lr: float, batch_size: int, seed: int,
+                          weight_decay: float, penalty) -> None:
+    """The loop as it was written with ``torch.optim.Adam`` and ``x[idx]`` batches."""
+    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    torch.set_num_threads(1)
+    for _ in range(epochs):
+        module.train()
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(data), batch_size):
+            idx = order[start:start + batch_size]
+            x, y, s = data.x[idx], data.y[idx], data.s[idx]
+            logits = module(x)
+            loss = F.cross_entropy(logits, y) + penalty(logits, y, s, module)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        module.eval()
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+def test_the_loop_gives_torch_adams_numbers_bit_for_bit(weight_decay: float) -> None:
+    """fairtune's Adam is torch.optim.Adam's arithmetic without its bookkeeping: the same weights, not close ones,
+    with a penalty, a frozen layer and a parameter that never gets a gradient (skipped, as torch skips it)."""
+    from fairtune.methods.fairness import fairness_penalty
+
+    data = _data(300)
+    threads = torch.get_num_threads()
+    ours, reference = (nn.Sequential(_model(), nn.Linear(2, 2)) for _ in range(2))  # the last layer is never called
+    for model in (ours, reference):
+        model[0][0].requires_grad_(False)
+        model.forward = model[0].forward
+    train_classifier(ours, data, epochs=3, lr=0.01, batch_size=64, seed=3, weight_decay=weight_decay,
+                     penalty=fairness_penalty("eo", 0.5, temperature=0.3, momentum=0.9))
+    try:
+        _torch_adam_reference(reference, data, epochs=3, lr=0.01, batch_size=64, seed=3, weight_decay=weight_decay,
+                              penalty=fairness_penalty("eo", 0.5, temperature=0.3, momentum=0.9))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(ours.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(ours[0][2].weight, _model()[2].weight)

@@ -101,25 +101,73 @@ def train_classifier(
     parameters = [p for p in module.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("the module has no trainable parameter")
-    optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    optimizer = Adam(parameters, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     with intra_op_threads(threads):
         _train_epochs(module, data, optimizer, generator, epochs, batch_size, penalty, progress, description, on_epoch)
     return module
 
 
+class Adam:
+    """``torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)`` (amsgrad, maximize, foreach and fused
+    off, as on the CPU), the same tensor operations in the same order on the same tensors, so the same numbers.
+
+    Why: for the small models fairtune trains, ``torch.optim.Adam.step``'s bookkeeping (its hooks, grad-mode and
+    profiler wrappers, state look-ups, the step count as a tensor read back with ``.item()``) costs as much as
+    the update itself, and its first use in a process imports ``torch._dynamo`` (1-3 s).
+    ``tests/test_training.py`` compares the two with ``torch.equal``.
+    """
+
+    def __init__(self, parameters: list[Tensor], *, lr: float, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        self.parameters, self.lr, self.weight_decay, self.betas, self.eps = parameters, lr, weight_decay, betas, eps
+        self.steps = [0] * len(parameters)  # per parameter, as torch counts them: a parameter without a gradient is skipped
+        self.moments: list[tuple[Tensor, Tensor] | None] = [None] * len(parameters)
+
+    def zero_grad(self) -> None:
+        for parameter in self.parameters:
+            parameter.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """torch's ``_single_tensor_adam`` for each parameter with a gradient."""
+        beta1, beta2 = self.betas
+        for i, param in enumerate(self.parameters):
+            grad = param.grad
+            if grad is None:
+                continue
+            if self.moments[i] is None:
+                self.moments[i] = (torch.zeros_like(param, memory_format=torch.preserve_format),
+                                   torch.zeros_like(param, memory_format=torch.preserve_format))
+            exp_avg, exp_avg_sq = self.moments[i]
+            self.steps[i] += 1
+            if self.weight_decay != 0:
+                grad = grad.add(param, alpha=self.weight_decay)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step = float(self.steps[i])  # torch reads its float32 step tensor back as a Python float
+            bias_correction1 = 1 - beta1**step
+            bias_correction2 = 1 - beta2**step
+            step_size = self.lr / bias_correction1
+            bias_correction2_sqrt = bias_correction2**0.5
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
 def _batches(data: TrainingData, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """One epoch of ``data`` in a seeded random order."""
+    """One epoch of ``data`` in a seeded random order (``index_select``: the rows of ``x[idx]``, 3x faster)."""
     order = torch.randperm(len(data), generator=generator)
     for start in range(0, len(data), batch_size):
         idx = order[start:start + batch_size]
-        yield data.x[idx], data.y[idx], data.s[idx]
+        yield data.x.index_select(0, idx), data.y.index_select(0, idx), data.s.index_select(0, idx)
 
 
 def _train_epochs(
     module: nn.Module,
     data: TrainingData | DataLoader,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Adam,
     generator: torch.Generator,
     epochs: int,
     batch_size: int,
@@ -135,7 +183,7 @@ def _train_epochs(
             loss = F.cross_entropy(logits, y)
             if penalty is not None:
                 loss = loss + penalty(logits, y, s, module)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         module.eval()
