@@ -85,6 +85,65 @@ def test_a_gradient_step_on_the_gap_reduces_it(kind):
     assert after.item() < 0.95 * before.item()
 
 
+def _torch_smoothed_penalty(lam: float, temperature: float, momentum: float):
+    """The momentum penalty as first written, its averages in torch: the reference of the NumPy one."""
+    averages: dict[int, torch.Tensor] = {}
+
+    def smoothed_gap(probs, s, rate):
+        counts = torch.bincount(s, minlength=int(s.max()) + 1 if len(s) else 0)
+        if int((counts > 0).sum()) < 2:
+            return probs.new_zeros(())
+        means = probs.new_zeros(len(counts)).index_add(0, s, probs) / counts.clamp(min=1).to(probs.dtype)
+        present = counts > 0
+        previous = averages.get(rate)
+        if previous is None or len(previous) < len(means):
+            previous = torch.where(present, means.detach(), torch.full_like(means, float("nan")))
+        average = torch.where(present & ~previous.isnan(), momentum * previous + (1 - momentum) * means.detach(), previous)
+        average = torch.where(present & previous.isnan(), means.detach(), average)
+        averages[rate] = average
+        ranked = torch.where(present, average, torch.full_like(average, float("nan")))
+        high = int(torch.nan_to_num(ranked, nan=-float("inf")).argmax())
+        low = int(torch.nan_to_num(ranked, nan=float("inf")).argmin())
+        return means[high] - means[low]
+
+    def penalty(logits, y, s, module):
+        probs = torch.sigmoid((logits[:, 1] - logits[:, 0]) / temperature)
+        return lam * (smoothed_gap(probs[y == 1], s[y == 1], 1) + smoothed_gap(probs[y == 0], s[y == 0], 0))
+
+    return penalty
+
+
+def test_the_momentum_penalty_keeps_the_numbers_of_its_torch_form():
+    """Its averages live in NumPy for speed; the penalty and its gradient stay bit for bit those of the torch form,
+    over batches where a group is absent."""
+    generator = torch.Generator().manual_seed(0)
+    ours, reference = fairness_penalty("eo", 0.7, temperature=0.3, momentum=0.9), _torch_smoothed_penalty(0.7, 0.3, 0.9)
+    for batch in range(40):
+        logits = torch.randn(16, 2, generator=generator)
+        y = torch.randint(0, 2, (16,), generator=generator)
+        s = torch.randint(0, 2, (16,), generator=generator) if batch % 7 else torch.full((16,), batch % 2)
+        values, grads = [], []
+        for penalty in (ours, reference):
+            leaf = logits.clone().requires_grad_(True)
+            value = penalty(leaf, y, s, nn.Identity())
+            if value.requires_grad:
+                value.backward()
+            values.append(value.detach())
+            grads.append(leaf.grad)
+        assert torch.equal(values[0], values[1]), batch
+        assert (grads[0] is None and grads[1] is None) or torch.equal(grads[0], grads[1]), batch
+
+
+def test_the_momentum_penalty_takes_a_batch_without_the_highest_group_seen_before():
+    penalty = fairness_penalty("dp", 1.0, momentum=0.9)
+    logits = torch.tensor([[0.0, 2.0], [1.0, 0.0], [0.0, 0.5], [0.3, 0.0]])
+    y = torch.tensor([1, 0, 1, 0])
+    penalty(logits, y, torch.tensor([0, 1, 2, 2]), nn.Identity())
+    probs = logits.softmax(dim=1)[:, 1]
+    gap = penalty(logits, y, torch.tensor([0, 0, 1, 1]), nn.Identity())  # group 2 absent: the gap of groups 0 and 1
+    assert gap.item() == pytest.approx(abs(probs[:2].mean() - probs[2:].mean()).item())
+
+
 @pytest.mark.parametrize("value", ["-0.1", "abc", "nan", "inf", ""])
 def test_a_bad_intensity_is_a_config_error(value):
     with pytest.raises(ConfigError, match="λ of 'retrain-eo' must be a finite number >= 0"):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -59,7 +60,7 @@ def relaxed_dp_gap(probs: Tensor, s: Tensor) -> Tensor:
 
     Returns 0 (no gradient) when fewer than two groups are present.
     """
-    counts = torch.bincount(s, minlength=int(s.max()) + 1 if len(s) else 0)
+    counts = torch.bincount(s)  # G = max(s) + 1 counts
     present = counts > 0
     if int(present.sum()) < 2:
         return probs.new_zeros(())
@@ -133,23 +134,27 @@ def fairness_penalty(kind: Constraint, lam: float, *, temperature: float = 1.0, 
     tau = check_temperature(temperature)
     if not 0 <= momentum < 1:
         raise ConfigError(BAD_MOMENTUM.format(value=momentum))
-    averages: dict[int, Tensor] = {}
+    averages: dict[int, np.ndarray] = {}
 
     def smoothed_gap(probs: Tensor, s: Tensor, rate: int) -> Tensor:
-        counts = torch.bincount(s, minlength=int(s.max()) + 1 if len(s) else 0)
-        if int((counts > 0).sum()) < 2:
+        counts = torch.bincount(s, minlength=len(averages.get(rate, ())))  # max(s) + 1 counts, or one per group seen
+        present = counts.numpy() > 0
+        if present.sum() < 2:
             return probs.new_zeros(())
         means = probs.new_zeros(len(counts)).index_add(0, s, probs) / counts.clamp(min=1).to(probs.dtype)
-        present = counts > 0
+        # The averages steer only which groups' difference is taken, so they are kept in NumPy: G numbers updated
+        # with the float32 arithmetic torch gives them (a Python float times float32 rounds to float32 in both),
+        # without a dozen torch calls per batch.
+        batch = means.detach().numpy()
         previous = averages.get(rate)
-        if previous is None or len(previous) < len(means):
-            previous = torch.where(present, means.detach(), torch.full_like(means, float("nan")))
-        average = torch.where(present & ~previous.isnan(), momentum * previous + (1 - momentum) * means.detach(), previous)
-        average = torch.where(present & previous.isnan(), means.detach(), average)
+        if previous is None or len(previous) < len(batch):
+            previous = np.where(present, batch, np.float32("nan"))
+        average = np.where(present & ~np.isnan(previous), momentum * previous + (1 - momentum) * batch, previous)
+        average = np.where(present & np.isnan(previous), batch, average)
         averages[rate] = average
-        ranked = torch.where(present, average, torch.full_like(average, float("nan")))
-        high = int(torch.nan_to_num(ranked, nan=-float("inf")).argmax())
-        low = int(torch.nan_to_num(ranked, nan=float("inf")).argmin())
+        ranked = np.where(present, average, np.float32("nan"))
+        high = int(np.nan_to_num(ranked, nan=-np.inf).argmax())
+        low = int(np.nan_to_num(ranked, nan=np.inf).argmin())
         return means[high] - means[low]
 
     def penalty(logits: Tensor, y: Tensor, s: Tensor, module: nn.Module) -> Tensor:
@@ -157,7 +162,8 @@ def fairness_penalty(kind: Constraint, lam: float, *, temperature: float = 1.0, 
         if momentum == 0:
             gap = relaxed_eo_gap(probs, y, s) if kind == "eo" else relaxed_dp_gap(probs, s)
         elif kind == "eo":
-            gap = smoothed_gap(probs[y == 1], s[y == 1], 1) + smoothed_gap(probs[y == 0], s[y == 0], 0)
+            positive, negative = y == 1, y == 0
+            gap = smoothed_gap(probs[positive], s[positive], 1) + smoothed_gap(probs[negative], s[negative], 0)
         else:
             gap = smoothed_gap(probs, s, 0)
         return lam * gap
