@@ -16,7 +16,7 @@ from fairtune.experiments.engine import NEEDS_INPUTS
 from fairtune.factorization import count_parameters, find_linear
 from fairtune.methods import build_method
 from fairtune.methods.base import TrainParams
-from fairtune.methods.fairness import BAD_INTENSITY, fairness_penalty, relaxed_dp_gap, relaxed_eo_gap
+from fairtune.methods.fairness import BAD_INTENSITY, fairness_penalty, relaxed_dp_gap, relaxed_eo_gap, spread
 from fairtune.metrics import delta_dp
 from fairtune.models import pretrained_mlp
 from fairtune.training import TrainingData
@@ -83,6 +83,19 @@ def test_a_gradient_step_on_the_gap_reduces_it(kind):
     after = penalty(head(x), y, s, head)
     assert before.item() > 0.05
     assert after.item() < 0.95 * before.item()
+
+
+@pytest.mark.parametrize("values", [[0.3, 0.7], [0.7, 0.3, 0.5], [0.5, 0.5], [0.2, 0.9, 0.9, 0.1], [0.4], [float("nan"), 0.2]])
+def test_spread_is_max_minus_min_with_its_gradient_bit_for_bit(values):
+    """A unique extreme is indexed, ties and NaN keep max() and min(): the same value and gradient either way."""
+    results = []
+    for gap in (spread, lambda v: v.max() - v.min()):
+        leaf = (torch.tensor(values) * 3).requires_grad_(True)
+        value = gap(leaf / 3)
+        value.backward()
+        results.append((value.detach(), leaf.grad))
+    assert torch.equal(results[0][0], results[1][0]) or (results[0][0].isnan() and results[1][0].isnan())
+    assert torch.equal(results[0][1], results[1][1]) or torch.equal(results[0][1].isnan(), results[1][1].isnan())
 
 
 def _torch_smoothed_penalty(lam: float, temperature: float, momentum: float):

@@ -65,8 +65,21 @@ def relaxed_dp_gap(probs: Tensor, s: Tensor) -> Tensor:
     if int(present.sum()) < 2:
         return probs.new_zeros(())
     sums = probs.new_zeros(len(counts)).index_add(0, s, probs)
-    means = sums[present] / counts[present].to(probs.dtype)
-    return means.max() - means.min()
+    return spread(sums[present] / counts[present].to(probs.dtype))
+
+
+def spread(values: Tensor) -> Tensor:
+    """``values.max() - values.min()`` of a 1-d tensor, value and gradient bit for bit, in fewer torch calls.
+
+    Why: the backward of a full ``max()`` compares every entry with the maximum and divides the
+    gradient by the number of ties; a unique extreme gets the whole gradient, exactly what indexing
+    it gives. So a unique largest and smallest entry are indexed; ties (and NaN) keep max and min.
+    """
+    numbers = values.detach().tolist()
+    high, low = max(numbers), min(numbers)
+    if numbers.count(high) > 1 or numbers.count(low) > 1 or any(v != v for v in numbers):
+        return values.max() - values.min()
+    return values[numbers.index(high)] - values[numbers.index(low)]
 
 
 def relaxed_eo_gap(probs: Tensor, y: Tensor, s: Tensor) -> Tensor:
