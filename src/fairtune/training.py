@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
@@ -68,6 +69,19 @@ def intra_op_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """One thread in the block for torch and for the BLAS and OpenMP pools of NumPy, SciPy and scikit-learn.
+
+    Why: a result then does not depend on where it ran, and work in several processes does not
+    oversubscribe the cores. OpenBLAS's threads wait for each other by spinning: on a 2-core machine
+    with another process busy, fairlearn's ExponentiatedGradient (hundreds of small matrix-vector
+    products) ran 5-8x slower with two BLAS threads than with one, with the same results.
+    """
+    with intra_op_threads(1), threadpool_limits(1):
+        yield
 
 
 def train_classifier(

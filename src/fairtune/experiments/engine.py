@@ -16,15 +16,17 @@ their writers. Per unit:
 
 The method ``pretrained`` is a unit like any other: the model before fine-tuning, reported
 once per seed. Units run in this process, in local processes or on a Dask cluster
-(:mod:`fairtune.experiments.scheduling`), each with one torch thread, so that a result does
-not depend on where it ran; :func:`execute` keeps finished units in a
-:class:`~fairtune.experiments.store.ResultStore` when given one, so that a rerun resumes.
+(:mod:`fairtune.experiments.scheduling`), each with one thread (torch's, and BLAS's and OpenMP's:
+:func:`~fairtune.training.single_threaded`), so that a result does not depend on where it ran;
+:func:`execute` keeps finished units in a :class:`~fairtune.experiments.store.ResultStore` when
+given one, so that a rerun resumes, and runs other work (``jobs``) in the same executor.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import operator
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -51,7 +53,7 @@ from ..methods import Fitted, FittedHead, HeadMethod, Method, ModelMethod, build
 from ..metrics import evaluate
 from ..models import cached_split_features, extract_features, pretrained_mlp, pretrained_vision
 from ..models.vision import default_arch
-from ..training import TrainingData, intra_op_threads
+from ..training import TrainingData, single_threaded
 from .scheduling import SerialExecutor
 from .store import ResultStore, unit_key
 
@@ -78,6 +80,10 @@ VISION_ONLY = "--weights and --arch are for image data sets; {name!r} is tabular
 STORED_BUNDLE_SEEDS = 5
 #: Prepared seeds kept in memory per process: the units of one seed usually run one after the other.
 PREPARED_KEPT = 2
+
+
+#: Work besides the units that :func:`execute` runs in their executor: returns the store records it computed, by key.
+Job = Callable[[], dict[str, dict[str, Any]]]
 
 
 def data_seed(data: DataConfig, seed: int) -> int:
@@ -252,7 +258,7 @@ def prepare(unit: Unit, env: Environment, progress: bool = False, stages: dict[s
 
 def prepare_seed(unit: Unit, env: Environment) -> None:
     """Fill the disk caches of the unit's seed (pre-trained model; image features) before its units run."""
-    with intra_op_threads(1):
+    with single_threaded():
         prepare(unit, env)
 
 
@@ -560,10 +566,10 @@ def _with_preparation(result: UnitResult, preparation: dict[str, float]) -> Unit
 
 
 def fit_bundle(units: Sequence[Unit], env: Environment) -> list[UnitResult]:
-    """Compute units of one grid (see :func:`bundles_of`; a single unit is a bundle too), with one torch thread (see
+    """Compute units of one grid (see :func:`bundles_of`; a single unit is a bundle too), with one thread (see
     the module docstring): the candidates of every plain head method of every seed train in one loop
     (:func:`train_together`), the other units one by one; results in the order of ``units``."""
-    with intra_op_threads(1):
+    with single_threaded():
         started = [start_unit(unit, env) for unit in units]
         stacked = [env.batched and fit.trains_alike for fit, _ in started]
         train_together([fit for (fit, _), stacks in zip(started, stacked) if stacks])
@@ -617,6 +623,8 @@ def execute(
     on_unit: Callable[[Unit], None] | None = None,
     dataset_names: dict[str, str] | None = None,
     progress: str | None = None,
+    jobs: Sequence[Job] = (),
+    on_job: Callable[[dict[str, dict[str, Any]]], None] | None = None,
 ) -> list[UnitResult]:
     """Compute every unit not yet in ``store``; return all results in the order of ``units``.
 
@@ -627,6 +635,12 @@ def execute(
     :data:`STORED_BUNDLE_SEEDS` seeds. ``on_unit`` sees each unit as it finishes. ``dataset_names`` (``DataConfig`` JSON -> name) makes a unit's error name its data set.
     ``progress`` is the description of a progress bar over the distinct units (those found in
     ``store`` count as done); None shows none.
+
+    ``jobs`` is other work for the same executor (``reproduce``'s fair pre-training), so that it and
+    the units keep every process busy: each job is a picklable callable returning store records by
+    key. Jobs start before the units' bundles, in the order given (the longest first, then the
+    bundles, keep the processes busy to the end); their records go into ``store`` as each job
+    finishes, and ``on_job`` sees them.
     """
     for unit in units:  # every method spec is checked before any work starts
         MethodSpec.parse(unit.method)
@@ -637,7 +651,7 @@ def execute(
         results = {key: UnitResult.from_record(store.get(key)) for key in distinct if key in store}
     pending = [(key, unit) for key, unit in distinct.items() if key not in results]
     with tqdm(total=len(distinct), initial=len(results), desc=progress, unit="unit", disable=progress is None) as bar:
-        if pending:
+        if pending or jobs:
             seeds = list({_preparation_key(unit, env): unit for _, unit in pending}.values())
             with executor or SerialExecutor() as tasks:
                 prepare_task, fit_task = functools.partial(prepare_seed, env=env), functools.partial(fit_bundle, env=env)
@@ -648,8 +662,16 @@ def execute(
                         pass
                 bundles = bundles_of([unit for _, unit in pending], env, tasks.workers,
                                      max_seeds=None if store is None else STORED_BUNDLE_SEEDS)
-                for index, bundle_results in tasks.imap(fit_task, bundles):
-                    for unit, result in zip(bundles[index], bundle_results):
+                work = [*jobs, *(functools.partial(fit_task, bundle) for bundle in bundles)]
+                for index, outcome in tasks.imap(operator.call, work):
+                    if index < len(jobs):
+                        for key, record in outcome.items():
+                            if store is not None:
+                                store.put(key, record)
+                        if on_job:
+                            on_job(outcome)
+                        continue
+                    for unit, result in zip(bundles[index - len(jobs)], outcome):
                         key = unit.key
                         results[key] = result
                         if store is not None:

@@ -11,12 +11,14 @@ fine-tuning re-introduces the bias that fair pre-training removed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ..config import DataConfig, FinetuneGrid, PretrainConfig
 from ..data import load_task
+from ..data._types import Task
 from ..factorization import find_linear
 from ..methods.fairness import Constraint, check_constraint, check_intensity, fairness_penalty
 from ..models import pretrained_mlp
@@ -54,25 +56,32 @@ def fair_pretraining_study(
     rows = []
     with tqdm(total=len(seeds) * len(constraints) * len(lambdas), desc="fair pre-training", disable=not progress) as bar:
         for seed in seeds:
-            split_seed = data_seed(data, seed)
-            task = load_task(data, seed=split_seed)
-            new_task = new_task_splits(task)
+            task = load_task(data, seed=data_seed(data, seed))
             for kind in constraints:
                 for lam in lambdas:
-                    model = pretrained_mlp(
-                        task, pretrain, seed=split_seed, cache_dir=cache_dir,
-                        penalty=fairness_penalty(kind, lam), penalty_id={"fairness": kind, "lambda": lam},
-                    )
-                    _, layer = find_linear(model)
-                    before, after = (result.row for result in
-                                     compare_on_features(layer, split_features(model, layer, new_task), ["tl"], grid, seed=seed))
-                    rows.append({
-                        "constraint": kind, "lambda": lam, "seed": seed,
-                        **{f"pretrain_{k}": before[k] for k in ("err", "delta_eo", "delta_dp")},
-                        **{f"finetune_{k}": after[k] for k in ("err", "delta_eo", "delta_dp")},
-                    })
+                    rows.append(fair_pretraining_row(task, data, pretrain, grid, kind, lam, seed, cache_dir=cache_dir))
                     bar.update(1)
     return pd.DataFrame(rows, columns=STUDY_COLUMNS)
+
+
+def fair_pretraining_row(
+    task: Task, data: DataConfig, pretrain: PretrainConfig, grid: FinetuneGrid, kind: Constraint, lam: float, seed: int,
+    *, cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """One row of :func:`fair_pretraining_study`: f_F pre-trained with ``kind`` at ``lam`` on ``task`` (the data split
+    of ``seed``, loaded once by the caller for all of the seed's rows), before and after TL fine-tuning."""
+    model = pretrained_mlp(
+        task, pretrain, seed=data_seed(data, seed), cache_dir=cache_dir,
+        penalty=fairness_penalty(kind, lam), penalty_id={"fairness": kind, "lambda": lam},
+    )
+    _, layer = find_linear(model)
+    before, after = (result.row for result in
+                     compare_on_features(layer, split_features(model, layer, new_task_splits(task)), ["tl"], grid, seed=seed))
+    return {
+        "constraint": kind, "lambda": lam, "seed": seed,
+        **{f"pretrain_{k}": before[k] for k in ("err", "delta_eo", "delta_dp")},
+        **{f"finetune_{k}": after[k] for k in ("err", "delta_eo", "delta_dp")},
+    }
 
 
 def summarize_fair_pretraining(study: pd.DataFrame) -> pd.DataFrame:
