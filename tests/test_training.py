@@ -122,17 +122,20 @@ def _torch_adam_reference(module: nn.Module, data: TrainingData, *, epochs: int,
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
-def test_the_loop_gives_torch_adams_numbers_bit_for_bit(weight_decay: float) -> None:
+@pytest.mark.parametrize("unused", [False, True])
+def test_the_loop_gives_torch_adams_numbers_bit_for_bit(weight_decay: float, unused: bool) -> None:
     """fairtune's Adam is torch.optim.Adam's arithmetic without its bookkeeping: the same weights, not close ones,
-    with a penalty, a frozen layer and a parameter that never gets a gradient (skipped, as torch skips it)."""
+    with a penalty and a frozen layer, and (``unused``) a parameter that never gets a gradient (skipped, as torch
+    skips it)."""
     from fairtune.methods.fairness import fairness_penalty
 
     data = _data(300)
     threads = torch.get_num_threads()
-    ours, reference = (nn.Sequential(_model(), nn.Linear(2, 2)) for _ in range(2))  # the last layer is never called
+    ours, reference = (nn.Sequential(_model(), nn.Linear(2, 2)) for _ in range(2))
     for model in (ours, reference):
         model[0][0].requires_grad_(False)
-        model.forward = model[0].forward
+        model[1].requires_grad_(unused)
+        model.forward = model[0].forward  # the last layer is never called
     train_classifier(ours, data, epochs=3, lr=0.01, batch_size=64, seed=3, weight_decay=weight_decay,
                      penalty=fairness_penalty("eo", 0.5, temperature=0.3, momentum=0.9))
     try:

@@ -122,14 +122,21 @@ def train_classifier(
     return module
 
 
+#: Floats per 64 bytes: each parameter's slice of :class:`Adam`'s flat buffers starts where a fresh tensor would.
+ALIGN = 16
+
+
 class Adam:
     """``torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)`` (amsgrad, maximize, foreach and fused
-    off, as on the CPU), the same tensor operations in the same order on the same tensors, so the same numbers.
+    off, as on the CPU) for CPU parameters of one dtype: the same arithmetic, element by element, so the same numbers.
 
     Why: for the small models fairtune trains, ``torch.optim.Adam.step``'s bookkeeping (its hooks, grad-mode and
-    profiler wrappers, state look-ups, the step count as a tensor read back with ``.item()``) costs as much as
-    the update itself, and its first use in a process imports ``torch._dynamo`` (1-3 s).
-    ``tests/test_training.py`` compares the two with ``torch.equal``.
+    profiler wrappers, state look-ups, the step count as a tensor read back with ``.item()``) and its seven calls
+    per parameter cost more than the arithmetic, and its first use in a process imports ``torch._dynamo`` (1-3 s).
+    Here the moments of every parameter are slices of flat buffers, each starting on 64 bytes like a tensor of
+    its own, and the moment updates run once over them (elementwise operations give an element the same bits
+    wherever it lies: ``tests/test_training.py`` compares with ``torch.optim.Adam`` using ``torch.equal``); a
+    step where some parameter has no gradient (torch skips it and its step count) runs parameter by parameter.
     """
 
     def __init__(self, parameters: list[Tensor], *, lr: float, weight_decay: float = 0.0,
@@ -137,8 +144,15 @@ class Adam:
         if not 0.0 <= lr:
             raise ValueError(f"Invalid learning rate: {lr}")
         self.parameters, self.lr, self.weight_decay, self.betas, self.eps = parameters, lr, weight_decay, betas, eps
-        self.steps = [0] * len(parameters)  # per parameter, as torch counts them: a parameter without a gradient is skipped
-        self.moments: list[tuple[Tensor, Tensor] | None] = [None] * len(parameters)
+        self.steps = [0] * len(parameters)  # per parameter, as torch counts them
+        sizes = [-(-p.numel() // ALIGN) * ALIGN for p in parameters]
+        self.grad, self.exp_avg, self.exp_avg_sq, self.denom = (torch.zeros(sum(sizes), dtype=parameters[0].dtype) for _ in range(4))
+        starts = np.cumsum([0, *sizes[:-1]]).tolist()
+
+        def views(flat: Tensor) -> list[Tensor]:
+            return [flat[start:start + p.numel()].view(p.shape) for start, p in zip(starts, parameters)]
+
+        self.grads, self.exp_avgs, self.exp_avg_sqs, self.denoms = views(self.grad), views(self.exp_avg), views(self.exp_avg_sq), views(self.denom)
 
     def zero_grad(self) -> None:
         for parameter in self.parameters:
@@ -147,32 +161,51 @@ class Adam:
     @torch.no_grad()
     def step(self) -> None:
         """torch's ``_single_tensor_adam`` for each parameter with a gradient."""
+        grads = [param.grad for param in self.parameters]
+        if any(grad is None for grad in grads) or len(set(self.steps)) > 1:
+            for i, grad in enumerate(grads):
+                if grad is not None:
+                    self._step_one(i, grad)
+            return
         beta1, beta2 = self.betas
-        for i, param in enumerate(self.parameters):
-            grad = param.grad
-            if grad is None:
-                continue
-            if self.moments[i] is None:
-                self.moments[i] = (torch.zeros_like(param, memory_format=torch.preserve_format),
-                                   torch.zeros_like(param, memory_format=torch.preserve_format))
-            exp_avg, exp_avg_sq = self.moments[i]
-            self.steps[i] += 1
+        for param, grad, flat in zip(self.parameters, grads, self.grads):
             if self.weight_decay != 0:
-                grad = grad.add(param, alpha=self.weight_decay)
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            step = float(self.steps[i])  # torch reads its float32 step tensor back as a Python float
-            bias_correction1 = 1 - beta1**step
-            bias_correction2 = 1 - beta2**step
-            step_size = self.lr / bias_correction1
-            bias_correction2_sqrt = bias_correction2**0.5
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+                torch.add(grad, param, alpha=self.weight_decay, out=flat)
+            else:
+                flat.copy_(grad)
+        self.steps = [count + 1 for count in self.steps]
+        self.exp_avg.lerp_(self.grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(self.grad, self.grad, value=1 - beta2)
+        step_size, bias_correction2_sqrt = self._scalars(self.steps[0])
+        torch.sqrt(self.exp_avg_sq, out=self.denom).div_(bias_correction2_sqrt).add_(self.eps)
+        for param, exp_avg, denom in zip(self.parameters, self.exp_avgs, self.denoms):
             param.addcdiv_(exp_avg, denom, value=-step_size)
+
+    def _step_one(self, i: int, grad: Tensor) -> None:
+        beta1, beta2 = self.betas
+        param, exp_avg, exp_avg_sq = self.parameters[i], self.exp_avgs[i], self.exp_avg_sqs[i]
+        self.steps[i] += 1
+        if self.weight_decay != 0:
+            grad = grad.add(param, alpha=self.weight_decay)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_size, bias_correction2_sqrt = self._scalars(self.steps[i])
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+        param.addcdiv_(exp_avg, denom, value=-step_size)
+
+    def _scalars(self, count: int) -> tuple[float, float]:
+        """Step size and ``sqrt(1 - β2^t)``, computed in Python floats as torch computes them."""
+        beta1, beta2 = self.betas
+        step = float(count)  # torch reads its float32 step tensor back as a Python float
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        return self.lr / bias_correction1, bias_correction2**0.5
 
 
 def optimizer_for(parameters: list[Tensor], *, lr: float, weight_decay: float) -> Adam | torch.optim.Adam:
-    """:class:`Adam` for CPU parameters; ``torch.optim.Adam`` elsewhere, where torch picks another update (multi-tensor on a GPU)."""
-    if all(p.device.type == "cpu" for p in parameters):
+    """:class:`Adam` for CPU parameters of one dtype (its flat buffers); ``torch.optim.Adam`` elsewhere, where torch
+    picks another update (multi-tensor on a GPU)."""
+    if all(p.device.type == "cpu" for p in parameters) and len({p.dtype for p in parameters}) == 1:
         return Adam(parameters, lr=lr, weight_decay=weight_decay)
     return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
 
