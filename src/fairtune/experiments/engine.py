@@ -78,7 +78,11 @@ VISION_ONLY = "--weights and --arch are for image data sets; {name!r} is tabular
 #: Seeds per bundle of units (:func:`bundles_of`) at most where results are stored as they finish: an interrupted
 #: sweep then loses at most this many seeds' work. (One loop over 10 seeds is about 10 % faster than two over 5.)
 STORED_BUNDLE_SEEDS = 5
-#: Prepared seeds kept in memory per process: the units of one seed usually run one after the other.
+#: Memory for the prepared seeds a process keeps (their features, and the model's inputs where a whole-model method
+#: loaded them), the last :data:`PREPARED_KEPT` whatever their size: a seed's units run in several bundles, not one
+#: after the other (bundles of 5 seeds, other processes), and preparing a seed again loads and encodes its data
+#: again (0.2-0.4 s for Adult, prepared about 120 times in ``reproduce`` when two seeds were kept).
+PREPARED_BYTES = 512 * 2**20
 PREPARED_KEPT = 2
 
 
@@ -171,6 +175,12 @@ class Prepared:
     reload: Callable[[], Task] | None = field(default=None, repr=False)
     _inputs: dict[str, TrainingData] | None = field(default=None, repr=False)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the features and (once loaded) the inputs."""
+        kept = [*self.features.values(), *(self._inputs or {}).values()]
+        return sum(tensor.nbytes for data in kept for tensor in (data.x, data.y, data.s))
+
     def inputs(self, method: str) -> dict[str, TrainingData]:
         """The model's own inputs per split, for a method that trains the whole model (tabular only)."""
         if self._inputs is None:
@@ -251,7 +261,7 @@ def prepare(unit: Unit, env: Environment, progress: bool = False, stages: dict[s
     prepared = Prepared(task.group_names, model, layer, new_task_features(model, layer, task, env, unit.data.workers, progress), reload)
     stages["features"] = time.perf_counter() - clock
     _PREPARED[key] = prepared
-    while len(_PREPARED) > PREPARED_KEPT:
+    while len(_PREPARED) > PREPARED_KEPT and sum(kept.nbytes for kept in _PREPARED.values()) > PREPARED_BYTES:
         _PREPARED.popitem(last=False)
     return prepared
 
