@@ -98,12 +98,20 @@ def test_spread_is_max_minus_min_with_its_gradient_bit_for_bit(values):
     assert torch.equal(results[0][1], results[1][1]) or torch.equal(results[0][1].isnan(), results[1][1].isnan())
 
 
-def _torch_smoothed_penalty(lam: float, temperature: float, momentum: float):
-    """The momentum penalty as first written, its averages in torch: the reference of the NumPy one."""
+def _written_penalty(kind: str, lam: float, temperature: float, momentum: float):
+    """The penalty as first written, all of it in torch: the reference of fairness_penalty's numbers."""
     averages: dict[int, torch.Tensor] = {}
 
-    def smoothed_gap(probs, s, rate):
+    def dp_gap(probs, s):
         counts = torch.bincount(s, minlength=int(s.max()) + 1 if len(s) else 0)
+        present = counts > 0
+        if int(present.sum()) < 2:
+            return probs.new_zeros(())
+        means = probs.new_zeros(len(counts)).index_add(0, s, probs)[present] / counts[present].to(probs.dtype)
+        return means.max() - means.min()
+
+    def smoothed_gap(probs, s, rate):  # one count per group seen before: as written it failed when a batch lacked the highest
+        counts = torch.bincount(s, minlength=max(int(s.max()) + 1 if len(s) else 0, len(averages.get(rate, ()))))
         if int((counts > 0).sum()) < 2:
             return probs.new_zeros(())
         means = probs.new_zeros(len(counts)).index_add(0, s, probs) / counts.clamp(min=1).to(probs.dtype)
@@ -120,31 +128,48 @@ def _torch_smoothed_penalty(lam: float, temperature: float, momentum: float):
         return means[high] - means[low]
 
     def penalty(logits, y, s, module):
-        probs = torch.sigmoid((logits[:, 1] - logits[:, 0]) / temperature)
-        return lam * (smoothed_gap(probs[y == 1], s[y == 1], 1) + smoothed_gap(probs[y == 0], s[y == 0], 0))
+        probs = logits.softmax(dim=1)[:, 1] if temperature == 1.0 else torch.sigmoid((logits[:, 1] - logits[:, 0]) / temperature)
+        if momentum == 0:
+            positive = y == 1
+            gap = dp_gap(probs[positive], s[positive]) + dp_gap(probs[~positive], s[~positive]) if kind == "eo" else dp_gap(probs, s)
+        elif kind == "eo":
+            gap = smoothed_gap(probs[y == 1], s[y == 1], 1) + smoothed_gap(probs[y == 0], s[y == 0], 0)
+        else:
+            gap = smoothed_gap(probs, s, 0)
+        return lam * gap
 
     return penalty
 
 
-def test_the_momentum_penalty_keeps_the_numbers_of_its_torch_form():
-    """Its averages live in NumPy for speed; the penalty and its gradient stay bit for bit those of the torch form,
-    over batches where a group is absent."""
+@pytest.mark.parametrize("kind", ["eo", "dp"])
+@pytest.mark.parametrize(("temperature", "momentum"), [(1.0, 0.0), (0.3, 0.95), (0.3, 0.0), (1.0, 0.9)])
+@pytest.mark.parametrize("lam", [0.7, 0.0])
+def test_the_penalty_keeps_the_numbers_of_its_written_graph(kind, temperature, momentum, lam):
+    """The penalty's averages live in NumPy and a unique extreme is indexed instead of max()/min(), for speed; its
+    value and the gradient it sends to the logits (beside a cross-entropy) stay bit for bit those of the graph as
+    written, over batches with two or three groups, a group or a label absent, tied group means and a single row."""
     generator = torch.Generator().manual_seed(0)
-    ours, reference = fairness_penalty("eo", 0.7, temperature=0.3, momentum=0.9), _torch_smoothed_penalty(0.7, 0.3, 0.9)
-    for batch in range(40):
-        logits = torch.randn(16, 2, generator=generator)
-        y = torch.randint(0, 2, (16,), generator=generator)
-        s = torch.randint(0, 2, (16,), generator=generator) if batch % 7 else torch.full((16,), batch % 2)
+    ours, reference = fairness_penalty(kind, lam, temperature=temperature, momentum=momentum), _written_penalty(kind, lam, temperature, momentum)
+    for batch in range(60):
+        rows = 1 if batch == 7 else 24
+        logits = torch.randn(rows, 2, generator=generator)
+        y = torch.randint(0, 2, (rows,), generator=generator)
+        s = torch.randint(0, 3 if batch % 3 == 0 else 2, (rows,), generator=generator)
+        if batch % 11 == 5:
+            s = torch.full((rows,), batch % 2)  # one group
+        if batch % 13 == 4:
+            y = torch.ones(rows, dtype=torch.long)  # one label
+        if batch % 10 == 9:
+            logits = torch.zeros(rows, 2)  # every group mean equal: ties
         values, grads = [], []
         for penalty in (ours, reference):
             leaf = logits.clone().requires_grad_(True)
             value = penalty(leaf, y, s, nn.Identity())
-            if value.requires_grad:
-                value.backward()
+            (torch.nn.functional.cross_entropy(leaf, y) + value).backward()
             values.append(value.detach())
             grads.append(leaf.grad)
         assert torch.equal(values[0], values[1]), batch
-        assert (grads[0] is None and grads[1] is None) or torch.equal(grads[0], grads[1]), batch
+        assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0].signbit(), grads[1].signbit()), batch
 
 
 def test_the_momentum_penalty_takes_a_batch_without_the_highest_group_seen_before():
