@@ -19,7 +19,7 @@ from fairtune.methods.base import TrainParams
 from fairtune.methods.fairness import BAD_INTENSITY, fairness_penalty, relaxed_dp_gap, relaxed_eo_gap, spread
 from fairtune.metrics import delta_dp
 from fairtune.models import pretrained_mlp
-from fairtune.training import TrainingData
+from fairtune.training import AutogradOnly, TrainingData
 
 from conftest import generated_frame
 
@@ -170,6 +170,38 @@ def test_the_penalty_keeps_the_numbers_of_its_written_graph(kind, temperature, m
             grads.append(leaf.grad)
         assert torch.equal(values[0], values[1]), batch
         assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0].signbit(), grads[1].signbit()), batch
+
+
+@pytest.mark.parametrize("kind", ["eo", "dp"])
+@pytest.mark.parametrize(("temperature", "momentum"), [(1.0, 0.0), (0.3, 0.95), (0.3, 0.0), (1.0, 0.9)])
+@pytest.mark.parametrize("lam", [0.7, 0.0])
+def test_logits_grad_is_the_gradient_autograd_gives_the_written_graph(kind, temperature, momentum, lam):
+    """The penalty's gradient without autograd (for the explicit MLP step) equals, bit for bit, autograd's through the
+    graph as written; None where that graph has no gradient; tied means without momentum are left to autograd."""
+    generator = torch.Generator().manual_seed(1)
+    ours, reference = fairness_penalty(kind, lam, temperature=temperature, momentum=momentum), _written_penalty(kind, lam, temperature, momentum)
+    for batch in range(60):
+        rows = 1 if batch == 7 else 24
+        logits = torch.randn(rows, 2, generator=generator)
+        y = torch.randint(0, 2, (rows,), generator=generator)
+        s = torch.randint(0, 3 if batch % 3 == 0 else 2, (rows,), generator=generator)
+        if batch % 11 == 5:
+            s = torch.full((rows,), batch % 2)
+        if batch % 10 == 9:
+            logits = torch.zeros(rows, 2)
+        leaf = logits.clone().requires_grad_(True)
+        value = reference(leaf, y, s, nn.Identity())
+        if value.requires_grad:
+            value.backward()
+        try:
+            grad = ours.logits_grad(logits, y, s)
+        except AutogradOnly:
+            assert momentum == 0 and batch % 10 == 9, batch
+            continue
+        if leaf.grad is None:
+            assert grad is None, batch
+        else:
+            assert torch.equal(grad, leaf.grad) and torch.equal(grad.signbit(), leaf.grad.signbit()), batch
 
 
 def test_the_momentum_penalty_takes_a_batch_without_the_highest_group_seen_before():

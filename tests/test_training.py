@@ -146,3 +146,47 @@ def test_the_loop_gives_torch_adams_numbers_bit_for_bit(weight_decay: float, unu
     for a, b in zip(ours.parameters(), reference.parameters(), strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(ours[0][2].weight, _model()[2].weight)
+
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+@pytest.mark.parametrize("penalty", [None, ("eo", {}), ("dp", {}), ("eo", {"temperature": 0.3, "momentum": 0.95}),
+                                     ("dp", {"temperature": 0.3, "momentum": 0.9}), ("eo", {"temperature": 0.5})])
+def test_the_explicit_mlp_step_gives_autograds_numbers_bit_for_bit(penalty) -> None:
+    """A ReLU MLP trains without autograd (ExplicitStep), with a fairness penalty giving its own gradient: the weights
+    autograd and torch.optim.Adam give, over three groups and a last batch of one row (201 rows, batches of 40)."""
+    from fairtune.methods.fairness import fairness_penalty
+    from fairtune.training import ExplicitStep
+
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(201, 4, generator=generator)
+    data = TrainingData.from_arrays(x, (x[:, 0] + x[:, 1] > 0).long().numpy(), torch.randint(0, 3, (201,), generator=generator).numpy())
+
+    def make():
+        return None if penalty is None else fairness_penalty(penalty[0], 0.7, **penalty[1])
+
+    ours, reference = _mlp(), _mlp()
+    assert ExplicitStep.of(ours, make()) is not None
+    threads = torch.get_num_threads()
+    train_classifier(ours, data, epochs=4, lr=0.01, batch_size=40, seed=2, weight_decay=1e-3, penalty=make())
+    try:
+        _torch_adam_reference(reference, data, epochs=4, lr=0.01, batch_size=40, seed=2, weight_decay=1e-3,
+                              penalty=make() or (lambda logits, y, s, module: logits.new_zeros(())))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(ours.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_explicit_step_is_for_trainable_relu_mlps_only() -> None:
+    from fairtune.training import ExplicitStep
+
+    assert ExplicitStep.of(_mlp(), None) is not None
+    assert ExplicitStep.of(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)), None) is None
+    frozen = _mlp()
+    frozen[0].requires_grad_(False)
+    assert ExplicitStep.of(frozen, None) is None
+    assert ExplicitStep.of(_mlp(), lambda logits, y, s, module: logits.sum()) is None  # a penalty without its own gradient

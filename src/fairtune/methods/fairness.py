@@ -24,6 +24,7 @@ not move: Retrain's λ did not steer the measured ΔEO on Adult (issue 12).
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..training import Penalty
+from ..training import AutogradOnly
 
 Constraint = Literal["eo", "dp"]
 CONSTRAINTS: tuple[Constraint, ...] = ("eo", "dp")
@@ -126,7 +127,7 @@ def relaxed_labels(logits: Tensor, temperature: float = 1.0) -> Tensor:
     return torch.sigmoid((logits[:, 1] - logits[:, 0]) / temperature)
 
 
-def fairness_penalty(kind: Constraint, lam: float, *, temperature: float = 1.0, momentum: float = 0.0) -> Penalty:
+def fairness_penalty(kind: Constraint, lam: float, *, temperature: float = 1.0, momentum: float = 0.0) -> FairnessPenalty:
     """The regularizer ``λ · gap`` for :func:`fairtune.training.train_classifier`.
 
     ``kind`` is ``"eo"`` (:func:`relaxed_eo_gap`) or ``"dp"`` (:func:`relaxed_dp_gap`), computed
@@ -147,38 +148,115 @@ def fairness_penalty(kind: Constraint, lam: float, *, temperature: float = 1.0, 
     tau = check_temperature(temperature)
     if not 0 <= momentum < 1:
         raise ConfigError(BAD_MOMENTUM.format(value=momentum))
-    averages: dict[int, np.ndarray] = {}
+    return FairnessPenalty(kind, lam, tau, momentum)
 
-    def smoothed_gap(probs: Tensor, s: Tensor, rate: int) -> Tensor:
-        counts = torch.bincount(s, minlength=len(averages.get(rate, ())))  # max(s) + 1 counts, or one per group seen
-        present = counts.numpy() > 0
+
+class FairnessPenalty:
+    """``λ · gap`` (see :func:`fairness_penalty`): a :data:`~fairtune.training.Penalty`, which also gives its gradient
+    with respect to the logits without autograd (:meth:`logits_grad`, for :class:`~fairtune.training.ExplicitStep`)."""
+
+    def __init__(self, kind: Constraint, lam: float, tau: float, momentum: float) -> None:
+        self.kind, self.lam, self.tau, self.momentum = kind, lam, tau, momentum
+        self.averages: dict[int, np.ndarray] = {}  # per rate (1: Y=1, 0: Y=0 or every row), with momentum
+
+    def __call__(self, logits: Tensor, y: Tensor, s: Tensor, module: nn.Module) -> Tensor:
+        probs = logits.softmax(dim=1)[:, 1] if self.tau == 1.0 else relaxed_labels(logits, self.tau)
+        if self.momentum == 0:
+            gap = relaxed_eo_gap(probs, y, s) if self.kind == "eo" else relaxed_dp_gap(probs, s)
+        else:
+            gap = None
+            for rows, rate in self._rates(y):
+                smoothed = self._smoothed_means(probs if rows is None else probs[rows], s if rows is None else s[rows], rate)
+                part = probs.new_zeros(()) if smoothed is None else smoothed[0][smoothed[1]] - smoothed[0][smoothed[2]]
+                gap = part if gap is None else gap + part
+        return self.lam * gap
+
+    def _rates(self, y: Tensor) -> list[tuple[Tensor | None, int]]:
+        """The rows of each rate (None: every row) and the rate's key for the averages."""
+        if self.kind == "dp":
+            return [(None, 0)]
+        if self.momentum:
+            return [(y == 1, 1), (y == 0, 0)]
+        positive = y == 1
+        return [(positive, 1), (~positive, 0)]
+
+    def _smoothed_means(self, probs: Tensor, s: Tensor, rate: int) -> tuple[Tensor, int, int, Tensor] | None:
+        """The rate's group means of the batch, the groups of the largest and smallest averaged mean (the averages
+        updated), and the means' divisors; None with fewer than two groups."""
+        counts = torch.bincount(s, minlength=len(self.averages.get(rate, ())))  # max(s) + 1 counts, or one per group seen
+        present = counts.cpu().numpy() > 0
         if present.sum() < 2:
-            return probs.new_zeros(())
-        means = probs.new_zeros(len(counts)).index_add(0, s, probs) / counts.clamp(min=1).to(probs.dtype)
+            return None
+        divisors = counts.clamp(min=1).to(probs.dtype)
+        means = probs.new_zeros(len(counts)).index_add(0, s, probs) / divisors
         # The averages steer only which groups' difference is taken, so they are kept in NumPy: G numbers updated
         # with the float32 arithmetic torch gives them (a Python float times float32 rounds to float32 in both),
         # without a dozen torch calls per batch.
-        batch = means.detach().numpy()
-        previous = averages.get(rate)
+        batch = means.detach().cpu().numpy()
+        previous = self.averages.get(rate)
         if previous is None or len(previous) < len(batch):
             previous = np.where(present, batch, np.float32("nan"))
-        average = np.where(present & ~np.isnan(previous), momentum * previous + (1 - momentum) * batch, previous)
+        average = np.where(present & ~np.isnan(previous), self.momentum * previous + (1 - self.momentum) * batch, previous)
         average = np.where(present & np.isnan(previous), batch, average)
-        averages[rate] = average
-        ranked = np.where(present, average, np.float32("nan"))
-        high = int(np.nan_to_num(ranked, nan=-np.inf).argmax())
-        low = int(np.nan_to_num(ranked, nan=np.inf).argmin())
-        return means[high] - means[low]
+        self.averages[rate] = average
+        # The first largest and smallest present average (averages of probabilities: finite or NaN, NaN ranked last).
+        ranked = [value if here and value == value else None for value, here in zip(average.tolist(), present.tolist())]
+        high = max(range(len(ranked)), key=lambda g: -math.inf if ranked[g] is None else ranked[g])
+        low = min(range(len(ranked)), key=lambda g: math.inf if ranked[g] is None else ranked[g])
+        return means, high, low, divisors
 
-    def penalty(logits: Tensor, y: Tensor, s: Tensor, module: nn.Module) -> Tensor:
-        probs = logits.softmax(dim=1)[:, 1] if tau == 1.0 else relaxed_labels(logits, tau)
-        if momentum == 0:
-            gap = relaxed_eo_gap(probs, y, s) if kind == "eo" else relaxed_dp_gap(probs, s)
-        elif kind == "eo":
-            positive, negative = y == 1, y == 0
-            gap = smoothed_gap(probs[positive], s[positive], 1) + smoothed_gap(probs[negative], s[negative], 0)
-        else:
-            gap = smoothed_gap(probs, s, 0)
-        return lam * gap
+    def logits_grad(self, logits: Tensor, y: Tensor, s: Tensor) -> Tensor | None:
+        """d(λ · gap)/d logits for the batch, bit for bit what autograd gives :meth:`__call__`'s graph: its forward
+        values, then the backward of each of its nodes, the same operations in turn. None where the gap has no
+        gradient (fewer than two groups in every rate). Raises :class:`~fairtune.training.AutogradOnly` where tied
+        or NaN group means without momentum need ``max()``'s own backward."""
+        softmax = logits.softmax(dim=1) if self.tau == 1.0 else None
+        probs = softmax[:, 1] if softmax is not None else relaxed_labels(logits, self.tau)
+        upstream = logits.new_ones(()) * self.lam  # the backward of ``λ · gap``
+        probs_grad = None
+        for rows, rate in self._rates(y):
+            part_probs, part_s = (probs, s) if rows is None else (probs[rows], s[rows])
+            cells = self._cells_grad(part_probs, part_s, rate, upstream)
+            if cells is None:
+                continue
+            grad = cells.index_select(0, part_s)  # index_add's backward
+            if rows is not None:  # indexing's backward
+                grad = probs.new_zeros(len(probs)).index_put_((rows,), grad, accumulate=True)
+            probs_grad = grad if probs_grad is None else probs_grad + grad
+        if probs_grad is None:
+            return None
+        if softmax is not None:
+            selected = torch.zeros_like(softmax)
+            selected[:, 1] = probs_grad  # select's backward
+            return torch._softmax_backward_data(selected, softmax, 1, logits.dtype)
+        scaled = torch.ops.aten.sigmoid_backward(probs_grad, probs) / self.tau
+        first, second = torch.zeros_like(logits), torch.zeros_like(logits)  # the backward of z₁ − z₀: two selects'
+        first[:, 1], second[:, 0] = scaled, -scaled
+        return first + second
 
-    return penalty
+    def _cells_grad(self, probs: Tensor, s: Tensor, rate: int, upstream: Tensor) -> Tensor | None:
+        """The gradient of the rate's gap with respect to its per-group sums (the ``index_add`` output), or None."""
+        if self.momentum:
+            smoothed = self._smoothed_means(probs, s, rate)
+            if smoothed is None:
+                return None
+            means, high, low, divisors = smoothed
+            return _difference_grad(len(means), high, low, upstream) / divisors
+        counts = torch.bincount(s)
+        present = counts > 0
+        if int(present.sum()) < 2:
+            return None
+        divisors = counts[present].to(probs.dtype)
+        numbers = (probs.new_zeros(len(counts)).index_add(0, s, probs)[present] / divisors).tolist()
+        high, low = max(numbers), min(numbers)
+        if numbers.count(high) > 1 or numbers.count(low) > 1 or any(v != v for v in numbers):
+            raise AutogradOnly
+        means_grad = _difference_grad(len(numbers), numbers.index(high), numbers.index(low), upstream) / divisors
+        return probs.new_zeros(len(counts)).index_put_((present,), means_grad, accumulate=True)
+
+
+def _difference_grad(size: int, high: int, low: int, upstream: Tensor) -> Tensor:
+    """The backward of ``means[high] - means[low]``: the two selects' gradients (``g`` and ``-g`` into zeros), added."""
+    first, second = upstream.new_zeros(size), upstream.new_zeros(size)
+    first[high], second[low] = upstream, -upstream
+    return first + second
