@@ -185,7 +185,7 @@ class FairnessPenalty:
         updated), and the means' divisors; None with fewer than two groups."""
         counts = torch.bincount(s, minlength=len(self.averages.get(rate, ())))  # max(s) + 1 counts, or one per group seen
         present = counts.cpu().numpy() > 0
-        if present.sum() < 2:
+        if np.count_nonzero(present) < 2:
             return None
         divisors = counts.clamp(min=1).to(probs.dtype)
         means = probs.new_zeros(len(counts)).index_add(0, s, probs) / divisors
@@ -209,19 +209,24 @@ class FairnessPenalty:
         """d(λ · gap)/d logits for the batch, bit for bit what autograd gives :meth:`__call__`'s graph: its forward
         values, then the backward of each of its nodes, the same operations in turn. None where the gap has no
         gradient (fewer than two groups in every rate). Raises :class:`~fairtune.training.AutogradOnly` where tied
-        or NaN group means without momentum need ``max()``'s own backward."""
+        or NaN group means without momentum need ``max()``'s own backward.
+
+        A mask's rows are taken with ``index_select`` and its backward adds the rows' gradients into zeros with
+        ``index_add_``: the values of indexing with the mask and of its backward, in fewer calls.
+        """
         softmax = logits.softmax(dim=1) if self.tau == 1.0 else None
         probs = softmax[:, 1] if softmax is not None else relaxed_labels(logits, self.tau)
-        upstream = logits.new_ones(()) * self.lam  # the backward of ``λ · gap``
+        upstream = logits.new_tensor(self.lam)  # the backward of ``λ · gap``: 1 · λ, in the logits' dtype
         probs_grad = None
         for rows, rate in self._rates(y):
-            part_probs, part_s = (probs, s) if rows is None else (probs[rows], s[rows])
+            index = None if rows is None else rows.nonzero().squeeze(1)
+            part_probs, part_s = (probs, s) if index is None else (probs.index_select(0, index), s.index_select(0, index))
             cells = self._cells_grad(part_probs, part_s, rate, upstream)
             if cells is None:
                 continue
             grad = cells.index_select(0, part_s)  # index_add's backward
-            if rows is not None:  # indexing's backward
-                grad = probs.new_zeros(len(probs)).index_put_((rows,), grad, accumulate=True)
+            if index is not None:  # indexing's backward: into zeros
+                grad = probs.new_zeros(len(probs)).index_add_(0, index, grad)
             probs_grad = grad if probs_grad is None else probs_grad + grad
         if probs_grad is None:
             return None
@@ -243,20 +248,21 @@ class FairnessPenalty:
             means, high, low, divisors = smoothed
             return _difference_grad(len(means), high, low, upstream) / divisors
         counts = torch.bincount(s)
-        present = counts > 0
-        if int(present.sum()) < 2:
+        present = (counts > 0).nonzero().squeeze(1)
+        if len(present) < 2:
             return None
-        divisors = counts[present].to(probs.dtype)
-        numbers = (probs.new_zeros(len(counts)).index_add(0, s, probs)[present] / divisors).tolist()
+        divisors = counts.index_select(0, present).to(probs.dtype)
+        numbers = (probs.new_zeros(len(counts)).index_add(0, s, probs).index_select(0, present) / divisors).tolist()
         high, low = max(numbers), min(numbers)
         if numbers.count(high) > 1 or numbers.count(low) > 1 or any(v != v for v in numbers):
             raise AutogradOnly
         means_grad = _difference_grad(len(numbers), numbers.index(high), numbers.index(low), upstream) / divisors
-        return probs.new_zeros(len(counts)).index_put_((present,), means_grad, accumulate=True)
+        return probs.new_zeros(len(counts)).index_add_(0, present, means_grad)  # indexing's backward: into zeros
 
 
 def _difference_grad(size: int, high: int, low: int, upstream: Tensor) -> Tensor:
     """The backward of ``means[high] - means[low]``: the two selects' gradients (``g`` and ``-g`` into zeros), added."""
     first, second = upstream.new_zeros(size), upstream.new_zeros(size)
-    first[high], second[low] = upstream, -upstream
+    first.select(0, high).copy_(upstream)
+    second.select(0, low).copy_(-upstream)
     return first + second
