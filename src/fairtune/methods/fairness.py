@@ -180,15 +180,15 @@ class FairnessPenalty:
         positive = y == 1
         return [(positive, 1), (~positive, 0)]
 
-    def _smoothed_means(self, probs: Tensor, s: Tensor, rate: int) -> tuple[Tensor, int, int, Tensor] | None:
+    def _smoothed_means(self, probs: Tensor, s: Tensor, rate: int) -> tuple[Tensor, int, int, np.ndarray] | None:
         """The rate's group means of the batch, the groups of the largest and smallest averaged mean (the averages
-        updated), and the means' divisors; None with fewer than two groups."""
-        counts = torch.bincount(s, minlength=len(self.averages.get(rate, ())))  # max(s) + 1 counts, or one per group seen
-        present = counts.cpu().numpy() > 0
+        updated), and the means' divisors (the counts, at least 1, float32: exact); None with fewer than two groups."""
+        counts = torch.bincount(s, minlength=len(self.averages.get(rate, ()))).cpu().numpy()  # max(s) + 1, or one per group seen
+        present = counts > 0
         if np.count_nonzero(present) < 2:
             return None
-        divisors = counts.clamp(min=1).to(probs.dtype)
-        means = probs.new_zeros(len(counts)).index_add(0, s, probs) / divisors
+        divisors = np.maximum(counts, 1).astype(np.float32)
+        means = probs.new_zeros(len(counts)).index_add(0, s, probs) / torch.from_numpy(divisors).to(probs.device, probs.dtype)
         # The averages steer only which groups' difference is taken, so they are kept in NumPy: G numbers updated
         # with the float32 arithmetic torch gives them (a Python float times float32 rounds to float32 in both),
         # without a dozen torch calls per batch.
@@ -209,22 +209,23 @@ class FairnessPenalty:
         """d(λ · gap)/d logits for the batch, bit for bit what autograd gives :meth:`__call__`'s graph: its forward
         values, then the backward of each of its nodes, the same operations in turn. None where the gap has no
         gradient (fewer than two groups in every rate). Raises :class:`~fairtune.training.AutogradOnly` where tied
-        or NaN group means without momentum need ``max()``'s own backward.
+        or NaN group means without momentum need ``max()``'s own backward. Float32 CPU logits.
 
-        A mask's rows are taken with ``index_select`` and its backward adds the rows' gradients into zeros with
-        ``index_add_``: the values of indexing with the mask and of its backward, in fewer calls.
+        Where the values allow it, fewer calls give the same numbers: a mask's rows are taken with ``index_select``
+        and its backward adds the rows' gradients into zeros with ``index_add_``; the few per-group gradients are
+        float32 NumPy arithmetic (the same IEEE operations).
         """
         softmax = logits.softmax(dim=1) if self.tau == 1.0 else None
         probs = softmax[:, 1] if softmax is not None else relaxed_labels(logits, self.tau)
-        upstream = logits.new_tensor(self.lam)  # the backward of ``λ · gap``: 1 · λ, in the logits' dtype
+        upstream = np.float32(self.lam)  # the backward of ``λ · gap``: 1 · λ in float32
         probs_grad = None
         for rows, rate in self._rates(y):
-            index = None if rows is None else rows.nonzero().squeeze(1)
+            index = None if rows is None else torch.from_numpy(np.flatnonzero(rows.numpy()))
             part_probs, part_s = (probs, s) if index is None else (probs.index_select(0, index), s.index_select(0, index))
             cells = self._cells_grad(part_probs, part_s, rate, upstream)
             if cells is None:
                 continue
-            grad = cells.index_select(0, part_s)  # index_add's backward
+            grad = torch.from_numpy(cells).index_select(0, part_s)  # index_add's backward
             if index is not None:  # indexing's backward: into zeros
                 grad = probs.new_zeros(len(probs)).index_add_(0, index, grad)
             probs_grad = grad if probs_grad is None else probs_grad + grad
@@ -235,34 +236,34 @@ class FairnessPenalty:
             selected[:, 1] = probs_grad  # select's backward
             return torch._softmax_backward_data(selected, softmax, 1, logits.dtype)
         scaled = torch.ops.aten.sigmoid_backward(probs_grad, probs) / self.tau
-        first, second = torch.zeros_like(logits), torch.zeros_like(logits)  # the backward of z₁ − z₀: two selects'
-        first[:, 1], second[:, 0] = scaled, -scaled
-        return first + second
+        # The backward of z₁ − z₀: the two selects' gradients (into zeros) added, which is each column plus zero.
+        return torch.stack([-scaled, scaled], dim=1) + 0.0
 
-    def _cells_grad(self, probs: Tensor, s: Tensor, rate: int, upstream: Tensor) -> Tensor | None:
+    def _cells_grad(self, probs: Tensor, s: Tensor, rate: int, upstream: np.float32) -> np.ndarray | None:
         """The gradient of the rate's gap with respect to its per-group sums (the ``index_add`` output), or None."""
         if self.momentum:
             smoothed = self._smoothed_means(probs, s, rate)
             if smoothed is None:
                 return None
-            means, high, low, divisors = smoothed
-            return _difference_grad(len(means), high, low, upstream) / divisors
-        counts = torch.bincount(s)
-        present = (counts > 0).nonzero().squeeze(1)
+            _, high, low, divisors = smoothed
+            return _difference_grad(len(divisors), high, low, upstream) / divisors
+        counts = torch.bincount(s).numpy()
+        present = np.flatnonzero(counts)
         if len(present) < 2:
             return None
-        divisors = counts.index_select(0, present).to(probs.dtype)
-        numbers = (probs.new_zeros(len(counts)).index_add(0, s, probs).index_select(0, present) / divisors).tolist()
+        sums = probs.new_zeros(len(counts)).index_add(0, s, probs)
+        numbers = (sums[torch.from_numpy(present)] / torch.from_numpy(counts[present].astype(np.float32))).tolist()
         high, low = max(numbers), min(numbers)
         if numbers.count(high) > 1 or numbers.count(low) > 1 or any(v != v for v in numbers):
             raise AutogradOnly
-        means_grad = _difference_grad(len(numbers), numbers.index(high), numbers.index(low), upstream) / divisors
-        return probs.new_zeros(len(counts)).index_add_(0, present, means_grad)  # indexing's backward: into zeros
+        # The present groups' gradient, divided by their counts and put into zeros: absent groups get 0 / 1 = +0.
+        divisors = np.maximum(counts, 1).astype(np.float32)
+        return _difference_grad(len(counts), int(present[numbers.index(high)]), int(present[numbers.index(low)]), upstream) / divisors
 
 
-def _difference_grad(size: int, high: int, low: int, upstream: Tensor) -> Tensor:
-    """The backward of ``means[high] - means[low]``: the two selects' gradients (``g`` and ``-g`` into zeros), added."""
-    first, second = upstream.new_zeros(size), upstream.new_zeros(size)
-    first.select(0, high).copy_(upstream)
-    second.select(0, low).copy_(-upstream)
-    return first + second
+def _difference_grad(size: int, high: int, low: int, upstream: np.float32) -> np.ndarray:
+    """The backward of ``means[high] - means[low]``: ``g`` and ``-g`` added into zeros, as two selects' gradients are."""
+    grad = np.zeros(size, dtype=np.float32)
+    grad[high] += upstream
+    grad[low] += -upstream
+    return grad
