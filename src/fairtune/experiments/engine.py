@@ -517,22 +517,23 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
 
 
 def train_together(fits: Sequence[MethodFit]) -> None:
-    """Train the candidates of every fit (plain head methods, one grid) in one loop: each seed's candidates are
-    one :class:`~fairtune.batched.CandidateSet` (one batch order), and seeds whose training splits have the
-    same length train together. Each fit's candidates end, and are scored, as in one loop per candidate."""
+    """Train the candidates of every fit (plain head methods, one grid) in one loop: the candidates of each seed and
+    features (the fits of one seed share its features; fair pre-training's models each have their own) are one
+    :class:`~fairtune.batched.CandidateSet` (one batch order), and sets whose training splits have the same length
+    train together. Each fit's candidates end, and are scored, as in one loop per candidate."""
     by_length: dict[int, list[MethodFit]] = {}
     for fit in fits:
         by_length.setdefault(len(fit.data["train"]), []).append(fit)
     for group in by_length.values():
         started = time.perf_counter()
-        seeds: dict[int, list[MethodFit]] = {}
+        seeds: dict[tuple[int, int], list[MethodFit]] = {}
         for fit in group:
-            seeds.setdefault(fit.seed, []).append(fit)
+            seeds.setdefault((fit.seed, id(fit.data["train"])), []).append(fit)
         heads = {id(fit): fit.initial_heads() for fit in group}
         sizes = {id(fit): [count_parameters(head) for head in heads[id(fit)]] for fit in group}
         sets = [CandidateSet([head for fit in members for head in heads[id(fit)]],
                              [params.lr for fit in members for params in fit.candidates], members[0].data["train"], seed)
-                for seed, members in seeds.items()]
+                for (seed, _), members in seeds.items()]
         grid = group[0].grid
 
         def observe(epoch: int, per_set: list[list[nn.Module]]) -> None:  # called at the grid's epochs only

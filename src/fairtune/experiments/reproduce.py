@@ -45,7 +45,7 @@ from ..report import figures, html, tables
 from ..report import paper as paper_figures
 from ..training import single_threaded
 from .engine import Environment, Unit, data_seed, execute, prepare
-from .fair_pretraining import fair_pretraining_row
+from .fair_pretraining import fair_pretraining_rows
 from .outputs import run_metadata
 from .scheduling import SerialExecutor
 from .store import ResultStore, unit_key
@@ -178,27 +178,28 @@ def compute_fisher(config: ReproduceConfig, seed: int) -> dict[str, Any]:
 @dataclass(frozen=True)
 class TaskJob:
     """Tasks of one study and seed, computed in one call (Table 2's rows of a seed share its data split, loaded
-    once): a job of :func:`~fairtune.experiments.engine.execute`, which runs it in its processes beside the units."""
+    once, and the loop of their TL fine-tuning): a job of :func:`~fairtune.experiments.engine.execute`, which runs
+    it in its processes beside the units."""
 
     config: ReproduceConfig
     tasks: tuple[StudyTask, ...]
 
     def __call__(self) -> dict[str, dict[str, Any]]:
-        """Each task's store record (its row and seconds), by key; with one thread, as the units run."""
-        config, records, task_data = self.config, {}, None
+        """Each task's store record (its row, and the job's seconds shared by its tasks), by key; with one thread,
+        as the units run."""
+        config, (first, *_) = self.config, self.tasks
+        started = time.perf_counter()
         with single_threaded():
-            for task in self.tasks:
-                started = time.perf_counter()
-                if task.study == "fisher":
-                    row = compute_fisher(config, task.seed)
-                else:
-                    if task_data is None:
-                        task_data = load_task(config.data, seed=data_seed(config.data, task.seed))
-                    row = fair_pretraining_row(task_data, config.data, config.pretrain, config.finetune,
-                                               task.fields["constraint"], task.fields["lambda"], task.seed, cache_dir=config.cache_dir)
-                records[task.key] = {"study": task.study, "seed": task.seed, "fields": task.fields, "row": row,
-                                     "seconds": round(time.perf_counter() - started, 3)}
-        return records
+            if first.study == "fisher":
+                rows = [compute_fisher(config, first.seed)]
+            else:
+                task_data = load_task(config.data, seed=data_seed(config.data, first.seed))
+                rows = fair_pretraining_rows(task_data, config.data, config.pretrain, config.finetune,
+                                             [(task.fields["constraint"], task.fields["lambda"]) for task in self.tasks],
+                                             first.seed, cache_dir=config.cache_dir)
+        seconds = round((time.perf_counter() - started) / len(self.tasks), 3)
+        return {task.key: {"study": task.study, "seed": task.seed, "fields": task.fields, "row": row, "seconds": seconds}
+                for task, row in zip(self.tasks, rows, strict=True)}
 
 
 def task_jobs(config: ReproduceConfig, tasks: list[StudyTask]) -> list[TaskJob]:
