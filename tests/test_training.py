@@ -190,3 +190,6 @@ def test_the_explicit_step_is_for_trainable_relu_mlps_only() -> None:
     frozen[0].requires_grad_(False)
     assert ExplicitStep.of(frozen, None) is None
     assert ExplicitStep.of(_mlp(), lambda logits, y, s, module: logits.sum()) is None  # a penalty without its own gradient
+    hooked = _mlp()
+    hooked[2].register_forward_hook(lambda module, args, output: None)
+    assert ExplicitStep.of(hooked, None) is None

@@ -228,9 +228,9 @@ class ExplicitStep:
     """The gradients of a ReLU MLP's cross-entropy, plus a penalty that gives its own (``penalty.logits_grad``), without
     autograd: the very operations autograd runs for that graph, one after the other, so the same numbers.
 
-    Why: the MLPs fairtune trains take 1-2 ms per Adam step, most of it autograd recording and replaying some
-    thirty nodes (a fairness penalty alone adds about twenty); computed directly, a step of Retrain+EO or of fair
-    pre-training costs about half. The operations, for ``F.linear`` (``addmm``), ReLU and ``F.cross_entropy``:
+    Why: for the small MLPs fairtune trains, autograd's recording and replaying of some thirty nodes per step (a
+    fairness penalty alone adds about twenty) costs more than the arithmetic; computed directly, a step of
+    Retrain+EO or of fair pre-training costs 20-30% less on Adult. The operations, for ``F.linear`` (``addmm``), ReLU and ``F.cross_entropy``:
     ``nll_loss_backward`` and ``_log_softmax_backward_data``; per layer ``grad.t().mm(input)`` (the weight is used
     transposed, column-major), ``grad.sum(0)``, ``grad.mm(weight)`` and ``threshold_backward``; the logits' two
     gradients added. ``tests/test_training.py`` compares the weights with autograd's with ``torch.equal``.
@@ -242,11 +242,14 @@ class ExplicitStep:
     @classmethod
     def of(cls, module: nn.Module, penalty: Penalty | None) -> ExplicitStep | None:
         """The step for ``module`` if it is a ``Sequential`` of ``Linear`` (with bias) and ``ReLU`` ending in a ``Linear``,
-        every parameter trained, float32 on the CPU, and ``penalty`` is None or gives its gradient; else None."""
+        without hooks (the step calls no module), every parameter trained, float32 on the CPU, and ``penalty`` is None
+        or gives its gradient; else None."""
         children = list(module.children()) if isinstance(module, nn.Sequential) else []
         layers = children[::2]
         if (not children or len(children) % 2 == 0 or not all(isinstance(layer, nn.Linear) and layer.bias is not None for layer in layers)
                 or not all(type(relu) is nn.ReLU and not relu.inplace for relu in children[1::2])):
+            return None
+        if any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in module.modules()):
             return None
         parameters = list(module.parameters())
         if not all(p.requires_grad and p.dtype == torch.float32 and p.device.type == "cpu" for p in parameters):
