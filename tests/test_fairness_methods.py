@@ -16,10 +16,10 @@ from fairtune.experiments.engine import NEEDS_INPUTS
 from fairtune.factorization import count_parameters, find_linear
 from fairtune.methods import build_method
 from fairtune.methods.base import TrainParams
-from fairtune.methods.fairness import BAD_INTENSITY, fairness_penalty, relaxed_dp_gap, relaxed_eo_gap
+from fairtune.methods.fairness import BAD_INTENSITY, fairness_penalty, relaxed_dp_gap, relaxed_eo_gap, spread
 from fairtune.metrics import delta_dp
 from fairtune.models import pretrained_mlp
-from fairtune.training import TrainingData
+from fairtune.training import AutogradOnly, TrainingData
 
 from conftest import generated_frame
 
@@ -83,6 +83,135 @@ def test_a_gradient_step_on_the_gap_reduces_it(kind):
     after = penalty(head(x), y, s, head)
     assert before.item() > 0.05
     assert after.item() < 0.95 * before.item()
+
+
+@pytest.mark.parametrize("values", [[0.3, 0.7], [0.7, 0.3, 0.5], [0.5, 0.5], [0.2, 0.9, 0.9, 0.1], [0.4], [float("nan"), 0.2]])
+def test_spread_is_max_minus_min_with_its_gradient_bit_for_bit(values):
+    """A unique extreme is indexed, ties and NaN keep max() and min(): the same value and gradient either way."""
+    results = []
+    for gap in (spread, lambda v: v.max() - v.min()):
+        leaf = (torch.tensor(values) * 3).requires_grad_(True)
+        value = gap(leaf / 3)
+        value.backward()
+        results.append((value.detach(), leaf.grad))
+    assert torch.equal(results[0][0], results[1][0]) or (results[0][0].isnan() and results[1][0].isnan())
+    assert torch.equal(results[0][1], results[1][1]) or torch.equal(results[0][1].isnan(), results[1][1].isnan())
+
+
+def _written_penalty(kind: str, lam: float, temperature: float, momentum: float):
+    """The penalty as first written, all of it in torch: the reference of fairness_penalty's numbers."""
+    averages: dict[int, torch.Tensor] = {}
+
+    def dp_gap(probs, s):
+        counts = torch.bincount(s, minlength=int(s.max()) + 1 if len(s) else 0)
+        present = counts > 0
+        if int(present.sum()) < 2:
+            return probs.new_zeros(())
+        means = probs.new_zeros(len(counts)).index_add(0, s, probs)[present] / counts[present].to(probs.dtype)
+        return means.max() - means.min()
+
+    def smoothed_gap(probs, s, rate):  # one count per group seen before: as written it failed when a batch lacked the highest
+        counts = torch.bincount(s, minlength=max(int(s.max()) + 1 if len(s) else 0, len(averages.get(rate, ()))))
+        if int((counts > 0).sum()) < 2:
+            return probs.new_zeros(())
+        means = probs.new_zeros(len(counts)).index_add(0, s, probs) / counts.clamp(min=1).to(probs.dtype)
+        present = counts > 0
+        previous = averages.get(rate)
+        if previous is None or len(previous) < len(means):
+            previous = torch.where(present, means.detach(), torch.full_like(means, float("nan")))
+        average = torch.where(present & ~previous.isnan(), momentum * previous + (1 - momentum) * means.detach(), previous)
+        average = torch.where(present & previous.isnan(), means.detach(), average)
+        averages[rate] = average
+        ranked = torch.where(present, average, torch.full_like(average, float("nan")))
+        high = int(torch.nan_to_num(ranked, nan=-float("inf")).argmax())
+        low = int(torch.nan_to_num(ranked, nan=float("inf")).argmin())
+        return means[high] - means[low]
+
+    def penalty(logits, y, s, module):
+        probs = logits.softmax(dim=1)[:, 1] if temperature == 1.0 else torch.sigmoid((logits[:, 1] - logits[:, 0]) / temperature)
+        if momentum == 0:
+            positive = y == 1
+            gap = dp_gap(probs[positive], s[positive]) + dp_gap(probs[~positive], s[~positive]) if kind == "eo" else dp_gap(probs, s)
+        elif kind == "eo":
+            gap = smoothed_gap(probs[y == 1], s[y == 1], 1) + smoothed_gap(probs[y == 0], s[y == 0], 0)
+        else:
+            gap = smoothed_gap(probs, s, 0)
+        return lam * gap
+
+    return penalty
+
+
+@pytest.mark.parametrize("kind", ["eo", "dp"])
+@pytest.mark.parametrize(("temperature", "momentum"), [(1.0, 0.0), (0.3, 0.95), (0.3, 0.0), (1.0, 0.9)])
+@pytest.mark.parametrize("lam", [0.7, 0.0])
+def test_the_penalty_keeps_the_numbers_of_its_written_graph(kind, temperature, momentum, lam):
+    """The penalty's averages live in NumPy and a unique extreme is indexed instead of max()/min(), for speed; its
+    value and the gradient it sends to the logits (beside a cross-entropy) stay bit for bit those of the graph as
+    written, over batches with two or three groups, a group or a label absent, tied group means and a single row."""
+    generator = torch.Generator().manual_seed(0)
+    ours, reference = fairness_penalty(kind, lam, temperature=temperature, momentum=momentum), _written_penalty(kind, lam, temperature, momentum)
+    for batch in range(60):
+        rows = 1 if batch == 7 else 24
+        logits = torch.randn(rows, 2, generator=generator)
+        y = torch.randint(0, 2, (rows,), generator=generator)
+        s = torch.randint(0, 3 if batch % 3 == 0 else 2, (rows,), generator=generator)
+        if batch % 11 == 5:
+            s = torch.full((rows,), batch % 2)  # one group
+        if batch % 13 == 4:
+            y = torch.ones(rows, dtype=torch.long)  # one label
+        if batch % 10 == 9:
+            logits = torch.zeros(rows, 2)  # every group mean equal: ties
+        values, grads = [], []
+        for penalty in (ours, reference):
+            leaf = logits.clone().requires_grad_(True)
+            value = penalty(leaf, y, s, nn.Identity())
+            (torch.nn.functional.cross_entropy(leaf, y) + value).backward()
+            values.append(value.detach())
+            grads.append(leaf.grad)
+        assert torch.equal(values[0], values[1]), batch
+        assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0].signbit(), grads[1].signbit()), batch
+
+
+@pytest.mark.parametrize("kind", ["eo", "dp"])
+@pytest.mark.parametrize(("temperature", "momentum"), [(1.0, 0.0), (0.3, 0.95), (0.3, 0.0), (1.0, 0.9)])
+@pytest.mark.parametrize("lam", [0.7, 0.0])
+def test_logits_grad_is_the_gradient_autograd_gives_the_written_graph(kind, temperature, momentum, lam):
+    """The penalty's gradient without autograd (for the explicit MLP step) equals, bit for bit, autograd's through the
+    graph as written; None where that graph has no gradient; tied means without momentum are left to autograd."""
+    generator = torch.Generator().manual_seed(1)
+    ours, reference = fairness_penalty(kind, lam, temperature=temperature, momentum=momentum), _written_penalty(kind, lam, temperature, momentum)
+    for batch in range(60):
+        rows = 1 if batch == 7 else 24
+        logits = torch.randn(rows, 2, generator=generator)
+        y = torch.randint(0, 2, (rows,), generator=generator)
+        s = torch.randint(0, 3 if batch % 3 == 0 else 2, (rows,), generator=generator)
+        if batch % 11 == 5:
+            s = torch.full((rows,), batch % 2)
+        if batch % 10 == 9:
+            logits = torch.zeros(rows, 2)
+        leaf = logits.clone().requires_grad_(True)
+        value = reference(leaf, y, s, nn.Identity())
+        if value.requires_grad:
+            value.backward()
+        try:
+            grad = ours.logits_grad(logits, y, s)
+        except AutogradOnly:
+            assert momentum == 0 and batch % 10 == 9, batch
+            continue
+        if leaf.grad is None:
+            assert grad is None, batch
+        else:
+            assert torch.equal(grad, leaf.grad) and torch.equal(grad.signbit(), leaf.grad.signbit()), batch
+
+
+def test_the_momentum_penalty_takes_a_batch_without_the_highest_group_seen_before():
+    penalty = fairness_penalty("dp", 1.0, momentum=0.9)
+    logits = torch.tensor([[0.0, 2.0], [1.0, 0.0], [0.0, 0.5], [0.3, 0.0]])
+    y = torch.tensor([1, 0, 1, 0])
+    penalty(logits, y, torch.tensor([0, 1, 2, 2]), nn.Identity())
+    probs = logits.softmax(dim=1)[:, 1]
+    gap = penalty(logits, y, torch.tensor([0, 0, 1, 1]), nn.Identity())  # group 2 absent: the gap of groups 0 and 1
+    assert gap.item() == pytest.approx(abs(probs[:2].mean() - probs[2:].mean()).item())
 
 
 @pytest.mark.parametrize("value", ["-0.1", "abc", "nan", "inf", ""])

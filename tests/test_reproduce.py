@@ -104,3 +104,14 @@ def test_an_interrupted_run_resumes_with_the_missing_unit_only(reproduced):
     again = json.loads(path.read_text())["row"]
     metrics = ("method", "seed", "err", "delta_dp", "delta_eo", "trainable_params")
     assert {k: again[k] for k in metrics} == {k: row[k] for k in metrics}  # seeded: the same result again
+
+
+def test_two_processes_give_the_rows_of_one(reproduced, tmp_path):
+    """Table 2's tasks and the units run in two processes, interleaved: the same rows as in this process."""
+    out, _, _ = reproduced
+    result = invoke([*TINY, "--out", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "cache"), "--processes", "2"])
+    assert result.exit_code == 0, result.output
+    for name in ("results.csv", "table2_results.csv", "ablation_results.csv"):
+        one, two = (pd.read_csv(folder / name) for folder in (out, tmp_path / "two"))
+        pd.testing.assert_frame_equal(one.drop(columns="fit_seconds", errors="ignore"), two.drop(columns="fit_seconds", errors="ignore"))
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["units_computed"] == len(unit_files(out))

@@ -99,3 +99,97 @@ def test_predict_is_the_argmax_of_two_logits() -> None:
     np.testing.assert_array_equal(predict(model, x), logits.argmax(dim=1).numpy())
     # batched prediction equals one pass
     np.testing.assert_allclose(predict_proba(model, x, batch_size=7), predict_proba(model, x), rtol=1e-6)
+
+
+def _torch_adam_reference(module: nn.Module, data: TrainingData, *, epochs: int, lr: float, batch_size: int, seed: int,
+                          weight_decay: float, penalty) -> None:
+    """The loop as it was written with ``torch.optim.Adam`` and ``x[idx]`` batches."""
+    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    torch.set_num_threads(1)
+    for _ in range(epochs):
+        module.train()
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(data), batch_size):
+            idx = order[start:start + batch_size]
+            x, y, s = data.x[idx], data.y[idx], data.s[idx]
+            logits = module(x)
+            loss = F.cross_entropy(logits, y) + penalty(logits, y, s, module)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        module.eval()
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+@pytest.mark.parametrize("unused", [False, True])
+def test_the_loop_gives_torch_adams_numbers_bit_for_bit(weight_decay: float, unused: bool) -> None:
+    """fairtune's Adam is torch.optim.Adam's arithmetic without its bookkeeping: the same weights, not close ones,
+    with a penalty and a frozen layer, and (``unused``) a parameter that never gets a gradient (skipped, as torch
+    skips it)."""
+    from fairtune.methods.fairness import fairness_penalty
+
+    data = _data(300)
+    threads = torch.get_num_threads()
+    ours, reference = (nn.Sequential(_model(), nn.Linear(2, 2)) for _ in range(2))
+    for model in (ours, reference):
+        model[0][0].requires_grad_(False)
+        model[1].requires_grad_(unused)
+        model.forward = model[0].forward  # the last layer is never called
+    train_classifier(ours, data, epochs=3, lr=0.01, batch_size=64, seed=3, weight_decay=weight_decay,
+                     penalty=fairness_penalty("eo", 0.5, temperature=0.3, momentum=0.9))
+    try:
+        _torch_adam_reference(reference, data, epochs=3, lr=0.01, batch_size=64, seed=3, weight_decay=weight_decay,
+                              penalty=fairness_penalty("eo", 0.5, temperature=0.3, momentum=0.9))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(ours.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(ours[0][2].weight, _model()[2].weight)
+
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+@pytest.mark.parametrize("penalty", [None, ("eo", {}), ("dp", {}), ("eo", {"temperature": 0.3, "momentum": 0.95}),
+                                     ("dp", {"temperature": 0.3, "momentum": 0.9}), ("eo", {"temperature": 0.5})])
+def test_the_explicit_mlp_step_gives_autograds_numbers_bit_for_bit(penalty) -> None:
+    """A ReLU MLP trains without autograd (ExplicitStep), with a fairness penalty giving its own gradient: the weights
+    autograd and torch.optim.Adam give, over three groups and a last batch of one row (201 rows, batches of 40)."""
+    from fairtune.methods.fairness import fairness_penalty
+    from fairtune.training import ExplicitStep
+
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(201, 4, generator=generator)
+    data = TrainingData.from_arrays(x, (x[:, 0] + x[:, 1] > 0).long().numpy(), torch.randint(0, 3, (201,), generator=generator).numpy())
+
+    def make():
+        return None if penalty is None else fairness_penalty(penalty[0], 0.7, **penalty[1])
+
+    ours, reference = _mlp(), _mlp()
+    assert ExplicitStep.of(ours, make()) is not None
+    threads = torch.get_num_threads()
+    train_classifier(ours, data, epochs=4, lr=0.01, batch_size=40, seed=2, weight_decay=1e-3, penalty=make())
+    try:
+        _torch_adam_reference(reference, data, epochs=4, lr=0.01, batch_size=40, seed=2, weight_decay=1e-3,
+                              penalty=make() or (lambda logits, y, s, module: logits.new_zeros(())))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(ours.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_explicit_step_is_for_trainable_relu_mlps_only() -> None:
+    from fairtune.training import ExplicitStep
+
+    assert ExplicitStep.of(_mlp(), None) is not None
+    assert ExplicitStep.of(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)), None) is None
+    frozen = _mlp()
+    frozen[0].requires_grad_(False)
+    assert ExplicitStep.of(frozen, None) is None
+    assert ExplicitStep.of(_mlp(), lambda logits, y, s, module: logits.sum()) is None  # a penalty without its own gradient
+    hooked = _mlp()
+    hooked[2].register_forward_hook(lambda module, args, output: None)
+    assert ExplicitStep.of(hooked, None) is None

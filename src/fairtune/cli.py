@@ -212,16 +212,18 @@ def reproduce(
     methods: Annotated[str | None, typer.Option(help="Table 3's methods besides Retrain+EO/DP (default: tl,svd,win,logreg and the fairlearn peers).")] = None,
     lambdas: Annotated[str | None, typer.Option(help="Regularizer intensities λ for Retrain+EO/DP and fair pre-training (default 0.1,0.5,0.9).")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Cache of pre-trained models (default $FAIRTUNE_CACHE or ~/.cache/fairtune).")] = None,
+    processes: Annotated[int, typer.Option(min=1, help="Run the units and Table 2's fair pre-training in this many local processes (same results).")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Reproduce the paper's study on a data set; resumable; writes tables, figures and report.md/html."""
+    from .experiments import choose_executor
     from .experiments.reproduce import reproduce_adult, study_config
 
     config = study_config(
         dataset, seeds=seeds, quick=quick, methods=_words(methods) if methods is not None else None,
         lambdas=_floats(lambdas, "lambdas") if lambdas is not None else None, cache_dir=str(cache_dir) if cache_dir else None,
     )
-    outcome = reproduce_adult(config, out, progress=not quiet, command=sys.argv)
+    outcome = reproduce_adult(config, out, progress=not quiet, command=sys.argv, executor=choose_executor(processes=processes))
     for name, table in outcome["tables"].items():
         typer.echo(f"\n{name}\n{table.to_string(index=False)}")
     typer.echo(f"\n{outcome['computed']} units computed, {outcome['reused']} reused; {outcome['wall_seconds']:.1f} s; "

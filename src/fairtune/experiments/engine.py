@@ -16,15 +16,17 @@ their writers. Per unit:
 
 The method ``pretrained`` is a unit like any other: the model before fine-tuning, reported
 once per seed. Units run in this process, in local processes or on a Dask cluster
-(:mod:`fairtune.experiments.scheduling`), each with one torch thread, so that a result does
-not depend on where it ran; :func:`execute` keeps finished units in a
-:class:`~fairtune.experiments.store.ResultStore` when given one, so that a rerun resumes.
+(:mod:`fairtune.experiments.scheduling`), each with one thread (torch's, and BLAS's and OpenMP's:
+:func:`~fairtune.training.single_threaded`), so that a result does not depend on where it ran;
+:func:`execute` keeps finished units in a :class:`~fairtune.experiments.store.ResultStore` when
+given one, so that a rerun resumes, and runs other work (``jobs``) in the same executor.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import operator
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -51,7 +53,7 @@ from ..methods import Fitted, FittedHead, HeadMethod, Method, ModelMethod, build
 from ..metrics import evaluate
 from ..models import cached_split_features, extract_features, pretrained_mlp, pretrained_vision
 from ..models.vision import default_arch
-from ..training import TrainingData, intra_op_threads
+from ..training import TrainingData, single_threaded
 from .scheduling import SerialExecutor
 from .store import ResultStore, unit_key
 
@@ -78,8 +80,16 @@ VISION_ONLY = "--weights and --arch are for image data sets; {name!r} is tabular
 #: Seeds per bundle of units (:func:`bundles_of`) at most where results are stored as they finish: an interrupted
 #: sweep then loses at most this many seeds' work. (One loop over 10 seeds is about 10 % faster than two over 5.)
 STORED_BUNDLE_SEEDS = 5
-#: Prepared seeds kept in memory per process: the units of one seed usually run one after the other.
+#: Memory for the prepared seeds a process keeps (their features, and the model's inputs where a whole-model method
+#: loaded them), the last :data:`PREPARED_KEPT` whatever their size: a seed's units run in several bundles, not one
+#: after the other (bundles of 5 seeds, other processes), and preparing a seed again loads and encodes its data
+#: again (0.2-0.4 s for Adult, prepared about 120 times in ``reproduce`` when two seeds were kept).
+PREPARED_BYTES = 512 * 2**20
 PREPARED_KEPT = 2
+
+
+#: Work besides the units that :func:`execute` runs in their executor: returns the store records it computed, by key.
+Job = Callable[[], dict[str, dict[str, Any]]]
 
 
 def data_seed(data: DataConfig, seed: int) -> int:
@@ -167,6 +177,12 @@ class Prepared:
     reload: Callable[[], Task] | None = field(default=None, repr=False)
     _inputs: dict[str, TrainingData] | None = field(default=None, repr=False)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the features and (once loaded) the inputs."""
+        kept = [*self.features.values(), *(self._inputs or {}).values()]
+        return sum(tensor.nbytes for data in kept for tensor in (data.x, data.y, data.s))
+
     def inputs(self, method: str) -> dict[str, TrainingData]:
         """The model's own inputs per split, for a method that trains the whole model (tabular only)."""
         if self._inputs is None:
@@ -247,14 +263,14 @@ def prepare(unit: Unit, env: Environment, progress: bool = False, stages: dict[s
     prepared = Prepared(task.group_names, model, layer, new_task_features(model, layer, task, env, unit.data.workers, progress), reload)
     stages["features"] = time.perf_counter() - clock
     _PREPARED[key] = prepared
-    while len(_PREPARED) > PREPARED_KEPT:
+    while len(_PREPARED) > PREPARED_KEPT and sum(kept.nbytes for kept in _PREPARED.values()) > PREPARED_BYTES:
         _PREPARED.popitem(last=False)
     return prepared
 
 
 def prepare_seed(unit: Unit, env: Environment) -> None:
     """Fill the disk caches of the unit's seed (pre-trained model; image features) before its units run."""
-    with intra_op_threads(1):
+    with single_threaded():
         prepare(unit, env)
 
 
@@ -527,22 +543,23 @@ def fit_method(spec: str, grid: FinetuneGrid, layer: nn.Linear, features: dict[s
 
 
 def train_together(fits: Sequence[MethodFit]) -> None:
-    """Train the candidates of every fit (plain head methods, one grid) in one loop: each seed's candidates are
-    one :class:`~fairtune.batched.CandidateSet` (one batch order), and seeds whose training splits have the
-    same length train together. Each fit's candidates end, and are scored, as in one loop per candidate."""
+    """Train the candidates of every fit (plain head methods, one grid) in one loop: the candidates of each seed and
+    features (the fits of one seed share its features; fair pre-training's models each have their own) are one
+    :class:`~fairtune.batched.CandidateSet` (one batch order), and sets whose training splits have the same length
+    train together. Each fit's candidates end, and are scored, as in one loop per candidate."""
     by_length: dict[int, list[MethodFit]] = {}
     for fit in fits:
         by_length.setdefault(len(fit.data["train"]), []).append(fit)
     for group in by_length.values():
         started = time.perf_counter()
-        seeds: dict[int, list[MethodFit]] = {}
+        seeds: dict[tuple[int, int], list[MethodFit]] = {}
         for fit in group:
-            seeds.setdefault(fit.seed, []).append(fit)
+            seeds.setdefault((fit.seed, id(fit.data["train"])), []).append(fit)
         heads = {id(fit): fit.initial_heads() for fit in group}
         sizes = {id(fit): [count_parameters(head) for head in heads[id(fit)]] for fit in group}
         sets = [CandidateSet([head for fit in members for head in heads[id(fit)]],
                              [params.lr for fit in members for params in fit.candidates], members[0].data["train"], seed)
-                for seed, members in seeds.items()]
+                for (seed, _), members in seeds.items()]
         grid = group[0].grid
 
         def observe(epoch: int, per_set: list[list[nn.Module]]) -> None:  # called at the grid's epochs only
@@ -586,10 +603,10 @@ def _with_preparation(result: UnitResult, preparation: dict[str, float]) -> Unit
 
 
 def fit_bundle(units: Sequence[Unit], env: Environment) -> list[UnitResult]:
-    """Compute units of one grid (see :func:`bundles_of`; a single unit is a bundle too), with one torch thread (see
+    """Compute units of one grid (see :func:`bundles_of`; a single unit is a bundle too), with one thread (see
     the module docstring): the candidates of every plain head method of every seed train in one loop
     (:func:`train_together`), the other units one by one; results in the order of ``units``."""
-    with intra_op_threads(1):
+    with single_threaded():
         started = [start_unit(unit, env) for unit in units]
         stacked = [env.batched and fit.trains_alike for fit, _ in started]
         train_together([fit for (fit, _), stacks in zip(started, stacked) if stacks])
@@ -643,6 +660,8 @@ def execute(
     on_unit: Callable[[Unit], None] | None = None,
     dataset_names: dict[str, str] | None = None,
     progress: str | None = None,
+    jobs: Sequence[Job] = (),
+    on_job: Callable[[dict[str, dict[str, Any]]], None] | None = None,
 ) -> list[UnitResult]:
     """Compute every unit not yet in ``store``; return all results in the order of ``units``.
 
@@ -653,6 +672,12 @@ def execute(
     :data:`STORED_BUNDLE_SEEDS` seeds. ``on_unit`` sees each unit as it finishes. ``dataset_names`` (``DataConfig`` JSON -> name) makes a unit's error name its data set.
     ``progress`` is the description of a progress bar over the distinct units (those found in
     ``store`` count as done); None shows none.
+
+    ``jobs`` is other work for the same executor (``reproduce``'s fair pre-training), so that it and
+    the units keep every process busy: each job is a picklable callable returning store records by
+    key. Jobs start before the units' bundles, in the order given (the longest first, then the
+    bundles, keep the processes busy to the end); their records go into ``store`` as each job
+    finishes, and ``on_job`` sees them.
     """
     for unit in units:  # every method spec is checked before any work starts
         MethodSpec.parse(unit.method)
@@ -663,7 +688,7 @@ def execute(
         results = {key: UnitResult.from_record(store.get(key)) for key in distinct if key in store}
     pending = [(key, unit) for key, unit in distinct.items() if key not in results]
     with tqdm(total=len(distinct), initial=len(results), desc=progress, unit="unit", disable=progress is None) as bar:
-        if pending:
+        if pending or jobs:
             seeds = list({_preparation_key(unit, env): unit for _, unit in pending}.values())
             with executor or SerialExecutor() as tasks:
                 prepare_task, fit_task = functools.partial(prepare_seed, env=env), functools.partial(fit_bundle, env=env)
@@ -674,8 +699,16 @@ def execute(
                         pass
                 bundles = bundles_of([unit for _, unit in pending], env, tasks.workers,
                                      max_seeds=None if store is None else STORED_BUNDLE_SEEDS)
-                for index, bundle_results in tasks.imap(fit_task, bundles):
-                    for unit, result in zip(bundles[index], bundle_results):
+                work = [*jobs, *(functools.partial(fit_task, bundle) for bundle in bundles)]
+                for index, outcome in tasks.imap(operator.call, work):
+                    if index < len(jobs):
+                        for key, record in outcome.items():
+                            if store is not None:
+                                store.put(key, record)
+                        if on_job:
+                            on_job(outcome)
+                        continue
+                    for unit, result in zip(bundles[index - len(jobs)], outcome):
                         key = unit.key
                         results[key] = result
                         if store is not None:

@@ -11,16 +11,19 @@ fine-tuning re-introduces the bias that fair pre-training removed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ..config import DataConfig, FinetuneGrid, PretrainConfig
 from ..data import load_task
+from ..data._types import Task
 from ..factorization import find_linear
 from ..methods.fairness import Constraint, check_constraint, check_intensity, fairness_penalty
 from ..models import pretrained_mlp
-from .engine import compare_on_features, data_seed, new_task_splits, split_features
+from ..catalogue import PRETRAINED
+from .engine import MethodFit, data_seed, fit_method, new_task_splits, split_features, train_together
 
 #: The bias each constraint targets, as a results column suffix.
 BIAS_METRIC: dict[str, str] = {"eo": "delta_eo", "dp": "delta_dp"}
@@ -54,25 +57,37 @@ def fair_pretraining_study(
     rows = []
     with tqdm(total=len(seeds) * len(constraints) * len(lambdas), desc="fair pre-training", disable=not progress) as bar:
         for seed in seeds:
-            split_seed = data_seed(data, seed)
-            task = load_task(data, seed=split_seed)
-            new_task = new_task_splits(task)
-            for kind in constraints:
-                for lam in lambdas:
-                    model = pretrained_mlp(
-                        task, pretrain, seed=split_seed, cache_dir=cache_dir,
-                        penalty=fairness_penalty(kind, lam), penalty_id={"fairness": kind, "lambda": lam},
-                    )
-                    _, layer = find_linear(model)
-                    before, after = (result.row for result in
-                                     compare_on_features(layer, split_features(model, layer, new_task), ["tl"], grid, seed=seed))
-                    rows.append({
-                        "constraint": kind, "lambda": lam, "seed": seed,
-                        **{f"pretrain_{k}": before[k] for k in ("err", "delta_eo", "delta_dp")},
-                        **{f"finetune_{k}": after[k] for k in ("err", "delta_eo", "delta_dp")},
-                    })
-                    bar.update(1)
+            task = load_task(data, seed=data_seed(data, seed))
+            rows += fair_pretraining_rows(task, data, pretrain, grid, [(kind, lam) for kind in constraints for lam in lambdas],
+                                          seed, cache_dir=cache_dir)
+            bar.update(len(constraints) * len(lambdas))
     return pd.DataFrame(rows, columns=STUDY_COLUMNS)
+
+
+def fair_pretraining_rows(
+    task: Task, data: DataConfig, pretrain: PretrainConfig, grid: FinetuneGrid, settings: Sequence[tuple[Constraint, float]],
+    seed: int, *, cache_dir: str | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of :func:`fair_pretraining_study` for one seed: f_F pre-trained with each (constraint, λ) of ``settings``
+    on ``task`` (the seed's data split, loaded once by the caller), before and after TL fine-tuning. The TL candidates
+    of every model train in one loop (:func:`~fairtune.experiments.engine.train_together`), each as in its own."""
+    before, tuned = [], []
+    for kind, lam in settings:
+        model = pretrained_mlp(
+            task, pretrain, seed=data_seed(data, seed), cache_dir=cache_dir,
+            penalty=fairness_penalty(kind, lam), penalty_id={"fairness": kind, "lambda": lam},
+        )
+        _, layer = find_linear(model)
+        features = split_features(model, layer, new_task_splits(task))
+        before.append(fit_method(PRETRAINED, grid, layer, features, seed=seed).row)
+        tuned.append(MethodFit.start("tl", grid, layer, features, seed=seed))
+    train_together([fit for fit in tuned if fit.trains_alike])
+    after = [(fit if fit.trains_alike else fit.train()).result().row for fit in tuned]
+    return [{
+        "constraint": kind, "lambda": lam, "seed": seed,
+        **{f"pretrain_{k}": first[k] for k in ("err", "delta_eo", "delta_dp")},
+        **{f"finetune_{k}": last[k] for k in ("err", "delta_eo", "delta_dp")},
+    } for (kind, lam), first, last in zip(settings, before, after)]
 
 
 def summarize_fair_pretraining(study: pd.DataFrame) -> pd.DataFrame:

@@ -8,8 +8,12 @@ The study is cut into units, each one (study, method or setting, seed):
 - ``ablation``: WIN with the grid restricted to one neutralization operator and one rank,
   also an engine unit;
 - ``table2``: a fair pre-trained model (one constraint and λ), before and after fine-tuning,
-  via :func:`fairtune.experiments.fair_pretraining.fair_pretraining_study`;
+  a row of :func:`fairtune.experiments.fair_pretraining.fair_pretraining_study`;
 - ``fisher``: the per-group Fisher of the pre-trained model's final layer (Figure 3).
+
+The units and tasks run in this process or in local processes (``--processes``), with the same
+results: the tasks as jobs of the engine's :func:`~fairtune.experiments.engine.execute`, beside
+the units, so that every process stays busy.
 
 Each finished unit is stored in one :class:`~fairtune.experiments.store.ResultStore` under
 ``DIR/units/``, keyed by every setting it depends on, so an interrupted run resumes where it
@@ -36,14 +40,14 @@ from ..catalogue import PRETRAINED
 from ..config import DataConfig, FinetuneGrid, Operator, PretrainConfig, SplitConfig, _Settings
 from ..data import load_task
 from ..errors import ConfigError
-from ..factorization import find_linear
 from ..importance import feature_batches, group_fisher
-from ..models import pretrained_mlp
 from ..report import figures, html, tables
 from ..report import paper as paper_figures
-from .fair_pretraining import fair_pretraining_study
-from .engine import Environment, Unit, execute, split_features
+from ..training import single_threaded
+from .engine import Environment, Unit, data_seed, execute, prepare
+from .fair_pretraining import fair_pretraining_rows
 from .outputs import run_metadata
+from .scheduling import SerialExecutor
 from .store import ResultStore, unit_key
 
 logger = logging.getLogger(__name__)
@@ -161,26 +165,49 @@ def plan_tasks(config: ReproduceConfig) -> list[StudyTask]:
 def compute_fisher(config: ReproduceConfig, seed: int) -> dict[str, Any]:
     """Eq. (1) per group for the final layer of the seed's pre-trained model, on the new task's train split.
 
-    Returns ``{"weight": (G, k, d) nested lists, "group_names": [...]}``.
+    The seed is prepared as for its units (:func:`~fairtune.experiments.engine.prepare`), so that
+    they reuse it in this process. Returns ``{"weight": (G, k, d) nested lists, "group_names": [...]}``.
     """
-    unit = config.unit(PRETRAINED, seed)
-    task = load_task(config.data, seed=unit.data_seed)
-    model = pretrained_mlp(task, config.pretrain, seed=unit.data_seed, cache_dir=config.cache_dir)
-    _, layer = find_linear(model)
-    train = split_features(model, layer, {"train": task.train})["train"]
-    fisher = group_fisher(layer, feature_batches(train.x, train.y, train.s), task.n_groups, kind=config.finetune.fisher)
-    return {"weight": fisher.weight.tolist(), "group_names": list(task.group_names)}
+    prepared = prepare(config.unit(PRETRAINED, seed), Environment(cache_dir=config.cache_dir))
+    train = prepared.features["train"]
+    fisher = group_fisher(prepared.layer, feature_batches(train.x, train.y, train.s), len(prepared.group_names),
+                          kind=config.finetune.fisher)
+    return {"weight": fisher.weight.tolist(), "group_names": list(prepared.group_names)}
 
 
-def compute_task(task: StudyTask, config: ReproduceConfig) -> dict[str, Any]:
-    """Run one :class:`StudyTask` and return its result row."""
-    if task.study == "fisher":
-        return compute_fisher(config, task.seed)
-    study = fair_pretraining_study(
-        config.data, config.pretrain, config.finetune, constraints=(task.fields["constraint"],),
-        lambdas=(task.fields["lambda"],), seeds=(task.seed,), cache_dir=config.cache_dir, progress=False,
-    )
-    return study.iloc[0].to_dict()
+@dataclass(frozen=True)
+class TaskJob:
+    """Tasks of one study and seed, computed in one call (Table 2's rows of a seed share its data split, loaded
+    once, and the loop of their TL fine-tuning): a job of :func:`~fairtune.experiments.engine.execute`, which runs
+    it in its processes beside the units."""
+
+    config: ReproduceConfig
+    tasks: tuple[StudyTask, ...]
+
+    def __call__(self) -> dict[str, dict[str, Any]]:
+        """Each task's store record (its row, and the job's seconds shared by its tasks), by key; with one thread,
+        as the units run."""
+        config, (first, *_) = self.config, self.tasks
+        started = time.perf_counter()
+        with single_threaded():
+            if first.study == "fisher":
+                rows = [compute_fisher(config, first.seed)]
+            else:
+                task_data = load_task(config.data, seed=data_seed(config.data, first.seed))
+                rows = fair_pretraining_rows(task_data, config.data, config.pretrain, config.finetune,
+                                             [(task.fields["constraint"], task.fields["lambda"]) for task in self.tasks],
+                                             first.seed, cache_dir=config.cache_dir)
+        seconds = round((time.perf_counter() - started) / len(self.tasks), 3)
+        return {task.key: {"study": task.study, "seed": task.seed, "fields": task.fields, "row": row, "seconds": seconds}
+                for task, row in zip(self.tasks, rows, strict=True)}
+
+
+def task_jobs(config: ReproduceConfig, tasks: list[StudyTask]) -> list[TaskJob]:
+    """``tasks`` as jobs, one per study and seed, in their order."""
+    groups: dict[tuple[str, int], list[StudyTask]] = {}
+    for task in tasks:
+        groups.setdefault((task.study, task.seed), []).append(task)
+    return [TaskJob(config, tuple(group)) for group in groups.values()]
 
 
 @dataclass
@@ -197,29 +224,27 @@ class ReproduceResult:
     unit_seconds: float  # fit time of all stored units, whichever call computed them
 
 
-def reproduce(config: ReproduceConfig, directory: str | Path, *, progress: bool = True) -> ReproduceResult:
-    """Run every unit of the study not yet in ``directory/units`` (a progress bar over units); return all results."""
+def reproduce(config: ReproduceConfig, directory: str | Path, *, progress: bool = True,
+              executor: SerialExecutor | None = None) -> ReproduceResult:
+    """Run every unit and task of the study not yet in ``directory/units`` (a progress bar over them) on ``executor``
+    (default this process), the tasks as jobs beside the units (:func:`task_jobs`); return all results."""
     store = ResultStore(Path(directory) / "units")
     planned, tasks = plan_units(config), plan_tasks(config)
     units = [unit for _, _, unit in planned]
     done_before = {unit.key for unit in units if unit.key in store} | {task.key for task in tasks if task.key in store}
     total = len({unit.key for unit in units}) + len(tasks)
     with tqdm(total=total, initial=len(done_before), desc="reproduce adult", unit="unit", disable=not progress) as bar:
-        for task in tasks:
-            if task.key in store:
-                continue
-            bar.set_postfix_str(f"{task.study} seed {task.seed} " + " ".join(f"{v}" for v in task.fields.values()))
-            started = time.perf_counter()
-            row = compute_task(task, config)
-            store.put(task.key, {"study": task.study, "seed": task.seed, "fields": task.fields, "row": row,
-                                 "seconds": round(time.perf_counter() - started, 3)})
-            bar.update(1)
-
         def finished(unit: Unit) -> None:
             bar.set_postfix_str(f"seed {unit.seed} {unit.method}")
             bar.update(1)
 
-        results = execute(units, Environment(cache_dir=config.cache_dir), store=store, on_unit=finished)
+        def finished_job(records: dict[str, dict[str, Any]]) -> None:
+            record = next(iter(records.values()))
+            bar.set_postfix_str(f"{record['study']} seed {record['seed']}")
+            bar.update(len(records))
+
+        results = execute(units, Environment(cache_dir=config.cache_dir), executor=executor, store=store, on_unit=finished,
+                          jobs=task_jobs(config, [task for task in tasks if task.key not in store]), on_job=finished_job)
     records = {task.key: store.get(task.key) for task in tasks}
 
     def rows(study: str) -> pd.DataFrame:
@@ -294,11 +319,13 @@ def write_reproduction(
     return shown
 
 
-def reproduce_adult(config: ReproduceConfig, directory: str | Path, *, progress: bool = True, command: list[str] | None = None) -> dict[str, Any]:
-    """Run (or resume) the study and write everything; return the display tables and run facts."""
+def reproduce_adult(config: ReproduceConfig, directory: str | Path, *, progress: bool = True, command: list[str] | None = None,
+                    executor: SerialExecutor | None = None) -> dict[str, Any]:
+    """Run (or resume) the study on ``executor`` (default this process) and write everything; return the display
+    tables and run facts."""
     directory = ensure_writable_dir(directory)
     started = time.perf_counter()
-    result = reproduce(config, directory, progress=progress)
+    result = reproduce(config, directory, progress=progress, executor=executor)
     wall = time.perf_counter() - started
     metadata = {**run_metadata(config), "command": command or [],
                 "wall_seconds": round(wall, 2), "unit_seconds": round(result.unit_seconds, 2), "units_computed": result.computed, "units_reused": result.reused}
