@@ -147,13 +147,15 @@ class Adam:
         self.parameters, self.lr, self.weight_decay, self.betas, self.eps = parameters, lr, weight_decay, betas, eps
         self.steps = [0] * len(parameters)  # per parameter, as torch counts them
         sizes = [-(-p.numel() // ALIGN) * ALIGN for p in parameters]
-        self.grad, self.exp_avg, self.exp_avg_sq, self.denom = (torch.zeros(sum(sizes), dtype=parameters[0].dtype) for _ in range(4))
+        self.grad, self.exp_avg, self.exp_avg_sq, self.denom = (
+            torch.zeros(sum(sizes), dtype=parameters[0].dtype) for _ in range(4))
         starts = np.cumsum([0, *sizes[:-1]]).tolist()
 
         def views(flat: Tensor) -> list[Tensor]:
             return [flat[start:start + p.numel()].view(p.shape) for start, p in zip(starts, parameters)]
 
-        self.grads, self.exp_avgs, self.exp_avg_sqs, self.denoms = views(self.grad), views(self.exp_avg), views(self.exp_avg_sq), views(self.denom)
+        self.grads, self.exp_avgs = views(self.grad), views(self.exp_avg)
+        self.exp_avg_sqs, self.denoms = views(self.exp_avg_sq), views(self.denom)
 
     def zero_grad(self) -> None:
         for parameter in self.parameters:
@@ -230,10 +232,11 @@ class ExplicitStep:
 
     Why: for the small MLPs fairtune trains, autograd's recording and replaying of some thirty nodes per step (a
     fairness penalty alone adds about twenty) costs more than the arithmetic; computed directly, a step of
-    Retrain+EO or of fair pre-training costs 20-30% less on Adult. The operations, for ``F.linear`` (``addmm``), ReLU and ``F.cross_entropy``:
-    ``nll_loss_backward`` and ``_log_softmax_backward_data``; per layer ``grad.t().mm(input)`` (the weight is used
-    transposed, column-major), ``grad.sum(0)``, ``grad.mm(weight)`` and ``threshold_backward``; the logits' two
-    gradients added. ``tests/test_training.py`` compares the weights with autograd's with ``torch.equal``.
+    Retrain+EO or of fair pre-training costs 20-30% less on Adult. The operations, for ``F.linear`` (``addmm``),
+    ReLU and ``F.cross_entropy``: ``nll_loss_backward`` and ``_log_softmax_backward_data``; per layer
+    ``grad.t().mm(input)`` (the weight is used transposed, column-major), ``grad.sum(0)``, ``grad.mm(weight)`` and
+    ``threshold_backward``; the logits' two gradients added. ``tests/test_training.py`` compares the weights with
+    autograd's with ``torch.equal``.
     """
 
     layers: list[nn.Linear]
@@ -246,8 +249,9 @@ class ExplicitStep:
         or gives its gradient; else None."""
         children = list(module.children()) if isinstance(module, nn.Sequential) else []
         layers = children[::2]
-        if (not children or len(children) % 2 == 0 or not all(isinstance(layer, nn.Linear) and layer.bias is not None for layer in layers)
-                or not all(type(relu) is nn.ReLU and not relu.inplace for relu in children[1::2])):
+        linears = all(isinstance(layer, nn.Linear) and layer.bias is not None for layer in layers)
+        relus = all(type(relu) is nn.ReLU and not relu.inplace for relu in children[1::2])
+        if not children or len(children) % 2 == 0 or not linears or not relus:
             return None
         if any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in module.modules()):
             return None

@@ -166,7 +166,8 @@ class FairnessPenalty:
         else:
             gap = None
             for rows, rate in self._rates(y):
-                smoothed = self._smoothed_means(probs if rows is None else probs[rows], s if rows is None else s[rows], rate)
+                part_probs, part_s = (probs, s) if rows is None else (probs[rows], s[rows])
+                smoothed = self._smoothed_means(part_probs, part_s, rate)
                 part = probs.new_zeros(()) if smoothed is None else smoothed[0][smoothed[1]] - smoothed[0][smoothed[2]]
                 gap = part if gap is None else gap + part
         return self.lam * gap
@@ -183,12 +184,14 @@ class FairnessPenalty:
     def _smoothed_means(self, probs: Tensor, s: Tensor, rate: int) -> tuple[Tensor, int, int, np.ndarray] | None:
         """The rate's group means of the batch, the groups of the largest and smallest averaged mean (the averages
         updated), and the means' divisors (the counts, at least 1, float32: exact); None with fewer than two groups."""
-        counts = torch.bincount(s, minlength=len(self.averages.get(rate, ()))).cpu().numpy()  # max(s) + 1, or one per group seen
+        # max(s) + 1 counts, or one per group seen before
+        counts = torch.bincount(s, minlength=len(self.averages.get(rate, ()))).cpu().numpy()
         present = counts > 0
         if np.count_nonzero(present) < 2:
             return None
         divisors = np.maximum(counts, 1).astype(np.float32)
-        means = probs.new_zeros(len(counts)).index_add(0, s, probs) / torch.from_numpy(divisors).to(probs.device, probs.dtype)
+        sums = probs.new_zeros(len(counts)).index_add(0, s, probs)
+        means = sums / torch.from_numpy(divisors).to(probs.device, probs.dtype)
         # The averages steer only which groups' difference is taken, so they are kept in NumPy: G numbers updated
         # with the float32 arithmetic torch gives them (a Python float times float32 rounds to float32 in both),
         # without a dozen torch calls per batch.
@@ -257,8 +260,8 @@ class FairnessPenalty:
         if numbers.count(high) > 1 or numbers.count(low) > 1 or any(v != v for v in numbers):
             raise AutogradOnly
         # The present groups' gradient, divided by their counts and put into zeros: absent groups get 0 / 1 = +0.
-        divisors = np.maximum(counts, 1).astype(np.float32)
-        return _difference_grad(len(counts), int(present[numbers.index(high)]), int(present[numbers.index(low)]), upstream) / divisors
+        high, low = int(present[numbers.index(high)]), int(present[numbers.index(low)])
+        return _difference_grad(len(counts), high, low, upstream) / np.maximum(counts, 1).astype(np.float32)
 
 
 def _difference_grad(size: int, high: int, low: int, upstream: np.float32) -> np.ndarray:
