@@ -299,6 +299,22 @@ def test_raising_lambda_lowers_the_measured_gap():
 
 # --- fair pre-training -----------------------------------------------------------------------
 
+def test_the_tl_of_several_fair_models_in_one_loop_gives_the_rows_of_one_loop_each(tmp_path, write_csv):
+    """fair_pretraining_rows trains the TL candidates of every fair model of a seed in one loop (each model keeps its
+    own features and batch order): the rows one model at a time gives."""
+    from fairtune.data import load_task
+    from fairtune.experiments.fair_pretraining import fair_pretraining_rows
+
+    data = DataConfig(dataset="csv", csv=str(write_csv(generated_frame(900, seed=3))), target="label", sensitive="group",
+                      positive="yes", split=SplitConfig(train=0.3, val=0.15, test=0.2))
+    pretrain, grid = PretrainConfig(hidden=(16,), epochs=15, lr=0.01), FinetuneGrid(lrs=(0.01, 0.1), epochs=(1, 3))
+    task, settings = load_task(data, seed=1), [("eo", 0.1), ("dp", 2.0), ("eo", 5.0)]
+    together = fair_pretraining_rows(task, data, pretrain, grid, settings, 1, cache_dir=str(tmp_path / "cache"))
+    apart = [row for setting in settings for row in fair_pretraining_rows(task, data, pretrain, grid, [setting], 1, cache_dir=str(tmp_path / "cache"))]
+    assert together == apart
+    assert len({row["finetune_err"] for row in together}) > 1  # the models differ
+
+
 def test_fair_pretraining_study_rows_and_table2_layout(tmp_path, write_csv):
     path = write_csv(generated_frame(900, seed=2))
     data = DataConfig(dataset="csv", csv=str(path), target="label", sensitive="group", positive="yes",
