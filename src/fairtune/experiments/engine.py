@@ -68,7 +68,7 @@ SELECTION_SCORES: dict[str, Callable[[dict[str, float]], float]] = {
 }
 NOT_MET_ON_VAL = ("{method}, seed {seed}: no candidate met {metric} <= {tolerance:g} on validation; kept the closest "
                   "(validation {metric} {gap:.3f}), flagged in selections.json")
-RULE_NOT_MET_ON_VAL = ("{method}, seed {seed}: its per-group rule (fitted on train+val for a new split) measures validation "
+RULE_NOT_MET_ON_VAL = ("{method}, seed {seed}: its decision rule (fitted on train+val for a new split) measures validation "
                        "{metric} {gap:.3f} > {tolerance:g}, flagged in selections.json")
 RULE_PREDICTS_NO_POSITIVE = ("{method}, seed {seed}: the only rule meeting {metric} <= {tolerance:g} with a new split's noise "
                              "predicts no positive (a constant model); a larger tolerance, or more data, leaves room for one")
