@@ -86,17 +86,22 @@ def test_train_candidates_equals_train_classifier_bit_for_bit(n: int, d: int, ba
         assert all(torch.equal(p, q) for p, q in zip(params, seen[key])), key
 
 
-def test_seeds_stacked_equal_each_seed_alone() -> None:
-    """Sets with their own features and batch order, trained in one loop, end as serial loops do."""
+def assert_sets_train_as_serial_loops(members: list[tuple[list[nn.Module], list[float], TrainingData, int]], epochs: int,
+                                      batch_size: int) -> None:
+    """Each ``(heads, lrs, train, seed)`` trained in one loop with the others ends as its own serial loop does."""
     sets, expected = [], []
-    for seed in (0, 1, 2):
-        train = generated_data(150, 32, seed=10 + seed)
-        heads, lrs = candidate_heads(32, seed=seed)
-        expected.append(serial(heads, lrs, train, seed=seed, epochs=3, checkpoints=set(), batch_size=64)[0])
+    for heads, lrs, train, seed in members:
+        expected.append(serial(heads, lrs, train, seed=seed, epochs=epochs, checkpoints=set(), batch_size=batch_size)[0])
         sets.append(CandidateSet([copy.deepcopy(h) for h in heads], lrs, train, seed))
-    for want, got in zip(expected, train_candidate_sets(sets, epochs=3, batch_size=64)):
+    for want, got in zip(expected, train_candidate_sets(sets, epochs=epochs, batch_size=batch_size)):
         for a, b in zip(want, got):
             assert_same_parameters(a, b)
+
+
+def test_seeds_stacked_equal_each_seed_alone() -> None:
+    """Sets with their own features and batch order, trained in one loop, end as serial loops do."""
+    members = [(*candidate_heads(32, seed=seed), generated_data(150, 32, seed=10 + seed), seed) for seed in (0, 1, 2)]
+    assert_sets_train_as_serial_loops(members, epochs=3, batch_size=64)
 
 
 def test_predict_candidates_equals_predict() -> None:
@@ -111,18 +116,14 @@ def test_predict_candidates_equals_predict() -> None:
 
 def test_a_lone_rank_one_candidate_of_a_seed_equals_its_serial_loop() -> None:
     """Rank-1 layers run item by item inside ``bmm`` for a block of candidates, from Python for a seed's only one."""
-    sets, expected = [], []
+    members = []
     for seed, count in ((0, 1), (1, 3)):
         train = generated_data(300, 32, seed=20 + seed)
         torch.manual_seed(seed)
         layer = nn.Linear(32, 2)
         heads = [FactorizedLinear.from_linear(layer, 1, torch.rand(32) + 0.5) for _ in range(count)]
-        lrs = [1e-2, 1e-3, 3e-3][:count]
-        expected.append(serial(heads, lrs, train, seed=seed, epochs=2, checkpoints=set(), batch_size=256)[0])
-        sets.append(CandidateSet([copy.deepcopy(h) for h in heads], lrs, train, seed))
-    for want, got in zip(expected, train_candidate_sets(sets, epochs=2, batch_size=256)):
-        for a, b in zip(want, got):
-            assert_same_parameters(a, b)
+        members.append((heads, [1e-2, 1e-3, 3e-3][:count], train, seed))
+    assert_sets_train_as_serial_loops(members, epochs=2, batch_size=256)
 
 
 def test_heads_of_many_classes_equal_train_classifier() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -141,15 +143,10 @@ def _written_penalty(kind: str, lam: float, temperature: float, momentum: float)
     return penalty
 
 
-@pytest.mark.parametrize("kind", ["eo", "dp"])
-@pytest.mark.parametrize(("temperature", "momentum"), [(1.0, 0.0), (0.3, 0.95), (0.3, 0.0), (1.0, 0.9)])
-@pytest.mark.parametrize("lam", [0.7, 0.0])
-def test_the_penalty_keeps_the_numbers_of_its_written_graph(kind, temperature, momentum, lam):
-    """The penalty's averages live in NumPy and a unique extreme is indexed instead of max()/min(), for speed; its
-    value and the gradient it sends to the logits (beside a cross-entropy) stay bit for bit those of the graph as
-    written, over batches with two or three groups, a group or a label absent, tied group means and a single row."""
-    generator = torch.Generator().manual_seed(0)
-    ours, reference = fairness_penalty(kind, lam, temperature=temperature, momentum=momentum), _written_penalty(kind, lam, temperature, momentum)
+def _awkward_batches(seed: int, one_label: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """60 batches of (logits, y, s): two or three groups, one group, a single row, tied group means (every 10th),
+    and with ``one_label`` a batch of positives only."""
+    generator = torch.Generator().manual_seed(seed)
     for batch in range(60):
         rows = 1 if batch == 7 else 24
         logits = torch.randn(rows, 2, generator=generator)
@@ -157,10 +154,22 @@ def test_the_penalty_keeps_the_numbers_of_its_written_graph(kind, temperature, m
         s = torch.randint(0, 3 if batch % 3 == 0 else 2, (rows,), generator=generator)
         if batch % 11 == 5:
             s = torch.full((rows,), batch % 2)  # one group
-        if batch % 13 == 4:
+        if one_label and batch % 13 == 4:
             y = torch.ones(rows, dtype=torch.long)  # one label
         if batch % 10 == 9:
             logits = torch.zeros(rows, 2)  # every group mean equal: ties
+        yield logits, y, s
+
+
+@pytest.mark.parametrize("kind", ["eo", "dp"])
+@pytest.mark.parametrize(("temperature", "momentum"), [(1.0, 0.0), (0.3, 0.95), (0.3, 0.0), (1.0, 0.9)])
+@pytest.mark.parametrize("lam", [0.7, 0.0])
+def test_the_penalty_keeps_the_numbers_of_its_written_graph(kind, temperature, momentum, lam):
+    """The penalty's averages live in NumPy and a unique extreme is indexed instead of max()/min(), for speed; its
+    value and the gradient it sends to the logits (beside a cross-entropy) stay bit for bit those of the graph as
+    written, over batches with two or three groups, a group or a label absent, tied group means and a single row."""
+    ours, reference = fairness_penalty(kind, lam, temperature=temperature, momentum=momentum), _written_penalty(kind, lam, temperature, momentum)
+    for batch, (logits, y, s) in enumerate(_awkward_batches(seed=0, one_label=True)):
         values, grads = [], []
         for penalty in (ours, reference):
             leaf = logits.clone().requires_grad_(True)
@@ -178,17 +187,8 @@ def test_the_penalty_keeps_the_numbers_of_its_written_graph(kind, temperature, m
 def test_logits_grad_is_the_gradient_autograd_gives_the_written_graph(kind, temperature, momentum, lam):
     """The penalty's gradient without autograd (for the explicit MLP step) equals, bit for bit, autograd's through the
     graph as written; None where that graph has no gradient; tied means without momentum are left to autograd."""
-    generator = torch.Generator().manual_seed(1)
     ours, reference = fairness_penalty(kind, lam, temperature=temperature, momentum=momentum), _written_penalty(kind, lam, temperature, momentum)
-    for batch in range(60):
-        rows = 1 if batch == 7 else 24
-        logits = torch.randn(rows, 2, generator=generator)
-        y = torch.randint(0, 2, (rows,), generator=generator)
-        s = torch.randint(0, 3 if batch % 3 == 0 else 2, (rows,), generator=generator)
-        if batch % 11 == 5:
-            s = torch.full((rows,), batch % 2)
-        if batch % 10 == 9:
-            logits = torch.zeros(rows, 2)
+    for batch, (logits, y, s) in enumerate(_awkward_batches(seed=1, one_label=False)):
         leaf = logits.clone().requires_grad_(True)
         value = reference(leaf, y, s, nn.Identity())
         if value.requires_grad:
