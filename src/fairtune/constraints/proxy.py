@@ -22,9 +22,9 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 from ..errors import ConfigError
+from ..training import single_threaded
 from .targets import FairnessTarget
 from .thresholds import RandomizedThresholds, fit_randomized_thresholds
 
@@ -46,7 +46,7 @@ class InferredGroups:
 
     def cells(self, x: np.ndarray) -> np.ndarray:
         """Cell codes ``(n,)`` int64 of the rows of ``x`` ``(n, d)``."""
-        with threadpool_limits(1):  # the same codes whatever the machine's cores (and no contention between units)
+        with single_threaded():  # the same codes whatever the machine's cores
             probability = self.model.predict_proba(_table(x))
         likely = probability.argmax(axis=1)
         out = likely * self.bins
@@ -66,7 +66,7 @@ def fit_inferred_groups(x: np.ndarray, s: np.ndarray, *, bins: int = PROXY_BINS)
     if bins < 1:
         raise ConfigError(f"the inferred groups need at least 1 bin, got {bins}")
     x, s = _table(x), np.asarray(s).ravel().astype(np.int64)
-    with threadpool_limits(1):  # one BLAS thread, as every unit's torch: the same fit on any machine, no contention
+    with single_threaded():  # the same fit on any machine, and no contention between units
         model = make_pipeline(StandardScaler(), LogisticRegression(solver="newton-cholesky", max_iter=100)).fit(x, s)
         probability = model.predict_proba(x)
     likely = probability.argmax(axis=1)

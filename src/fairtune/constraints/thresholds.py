@@ -164,8 +164,9 @@ def _check_rates_defined(target: FairnessTarget, g: int, n_pos: int, n_neg: int)
 
 def cell_counts(
     scores: np.ndarray, y: np.ndarray, s: np.ndarray, cells: np.ndarray, target: FairnessTarget, grid: int,
-) -> RuleCounts:
-    """:class:`RuleCounts` of a rule deciding by ``cells`` (codes ``0..C−1``) while the target measures groups ``s``.
+) -> tuple[RuleCounts, np.ndarray, np.ndarray, np.ndarray]:
+    """:class:`RuleCounts` of a rule deciding by ``cells`` (codes ``0..C−1``) while the target measures groups ``s``,
+    and ``scores``, ``y``, ``s`` checked and as float / int64 arrays (as :func:`group_counts`).
 
     A cell's candidates are its own distinct scores (``grid`` of them at most, :func:`candidate_thresholds`);
     a cell without samples has +∞ only.
@@ -187,7 +188,7 @@ def cell_counts(
         rates = tuple(rates_and_sizes(target.constraint, tp_by_group[g], fp_by_group[g], n_pos[g], n_neg[g])[0]
                       if (inside & (s == g)).any() else None for g in range(n_groups))
         counts.append(CellCounts(candidates, sum(tp_by_group), sum(fp_by_group), rates))
-    return RuleCounts(counts, n_pos, n_neg, rate_sizes(target.constraint, n_pos, n_neg))
+    return RuleCounts(counts, n_pos, n_neg, rate_sizes(target.constraint, n_pos, n_neg)), scores, y, s
 
 
 def group_counts(
@@ -515,10 +516,9 @@ def fit_randomized_thresholds(
         best = [(g.candidates == t).astype(float) for g, t in zip(groups, deterministic.thresholds)]
         sd = noise_sd(counts, mixture_rates(counts, best)[0], target.noise_scale(len(scores)))
     else:
-        counts = cell_counts(scores, y, s, cells, target, grid)
-        scores, y, s = _checked(scores, y, s, grid)
+        counts, scores, y, s = cell_counts(scores, y, s, cells, target, grid)
         best = [(cell.candidates == np.inf).astype(float) for cell in counts.cells]
-        rates_start = _rates_above(scores, y, s, np.quantile(scores, 1 - y.mean()), target)
+        rates_start = _rates_above(counts, scores, y, s, np.quantile(scores, 1 - y.mean()), target)
         sd = noise_sd(counts, rates_start, target.noise_scale(len(scores)))
     sizes, scale, aim = counts.sizes, target.noise_scale(len(scores)), target.tolerance
     for _ in range(NOISE_ROUNDS if scale else 1):
@@ -569,11 +569,11 @@ def _refine_with_linear_noise(counts: RuleCounts, best: list[np.ndarray], start:
     return best
 
 
-def _rates_above(scores: np.ndarray, y: np.ndarray, s: np.ndarray, threshold: float, target: FairnessTarget) -> np.ndarray:
-    """The groups' rates ``(G, R)`` of the rule ``score ≥ threshold``."""
-    n_groups = int(s.max()) + 1
+def _rates_above(counts: RuleCounts, scores: np.ndarray, y: np.ndarray, s: np.ndarray, threshold: float,
+                 target: FairnessTarget) -> np.ndarray:
+    """The groups' rates ``(G, R)`` of the rule ``score ≥ threshold`` (the groups' sizes from ``counts``)."""
+    n_groups = len(counts.n_pos)
     positive = scores >= threshold
     tp = np.bincount(s[positive & (y == 1)], minlength=n_groups)
     fp = np.bincount(s[positive & (y == 0)], minlength=n_groups)
-    n_pos, n_neg = np.bincount(s[y == 1], minlength=n_groups), np.bincount(s[y == 0], minlength=n_groups)
-    return rates_and_sizes(target.constraint, tp, fp, n_pos, n_neg)[0]
+    return rates_and_sizes(target.constraint, tp, fp, counts.n_pos, counts.n_neg)[0]
